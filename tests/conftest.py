@@ -1,0 +1,60 @@
+"""Shared helpers: a tiny real recipe (a real BPE, a real Llama, real text) and a way to run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PRETRAIN = ROOT / "recipes" / "pretrain.py"
+
+# Small enough for seconds on 2 cores, big enough to learn something from real text.
+TINY_RECIPE = {
+    "model": {
+        "model_type": "llama",
+        "config": {
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": True,
+        },
+    },
+    "tokenizer": {"vocab_size": 400},
+    "data": {"sources": [{"builtin": "python-docs", "limit": 150}], "block_size": 64, "eval_fraction": 0.1},
+    "training": {
+        "max_steps": 4, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "learning_rate": 3.0e-3,
+        "eval_strategy": "steps", "eval_steps": 2, "save_steps": 2, "logging_steps": 1, "report_to": [],
+    },
+    "evaluation": {"sample_prompts": ["The"], "max_new_tokens": 5},
+}
+
+
+def write_recipe(folder: Path, recipe: dict, name: str = "recipe.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path) -> dict:
+    """The tiny recipe, with its output and data cache inside this test's folder."""
+    import copy
+
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["training"]["output_dir"] = str(tmp_path / "out")
+    recipe["data"]["cache_dir"] = str(tmp_path / "cache")
+    return recipe
+
+
+def run(args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command in a real subprocess, as a user would; offline, so Hub calls fail fast."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    full_env.update(env or {})
+    return subprocess.run(args, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def run_pretrain(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run([sys.executable, str(PRETRAIN), *args], **kwargs)

@@ -1,0 +1,80 @@
+"""Tokenize and pack: documents joined with EOS and cut into `block_size` rows, no padding.
+
+`run_clm` groups texts inside each `map` batch and drops every batch's remainder; here the
+whole token stream is cut once, in Arrow, so at most one partial block is left over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset, Features, Sequence, Value
+from datasets.table import InMemoryTable
+
+
+def tokenize(ds: Dataset, tokenizer, num_proc: int | None = None) -> Dataset:
+    """Each document becomes [bos] + tokens + [eos]; bos only where the tokenizer has its own."""
+    eos = [tokenizer.eos_token_id]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id not in (None, tokenizer.eos_token_id) else []
+
+    def encode(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [bos + x + eos for x in ids]}
+
+    return ds.map(
+        encode,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=ds.column_names,
+        features=Features({"input_ids": Sequence(Value("int32"))}),
+        desc="tokenizing",
+    )
+
+
+def pack(ds: Dataset, block_size: int, keep_tail: bool = False) -> tuple[Dataset, int]:
+    """Cut the concatenated `input_ids` into rows of `block_size`; return (rows, tokens dropped).
+
+    With `keep_tail`, the last partial row is kept (evaluation: every token counts).
+    """
+    flat = pc.list_flatten(ds.data.table.column("input_ids")).combine_chunks()
+    total = len(flat)
+    ends = list(range(block_size, total + 1, block_size))
+    if keep_tail and total - (ends[-1] if ends else 0) >= 2:  # a row of one token predicts nothing
+        ends.append(total)
+    offsets = pa.array([0] + ends, type=pa.int32())
+    used = ends[-1] if ends else 0
+    rows = pa.ListArray.from_arrays(offsets, flat.slice(0, used).cast(pa.int32()))
+    table = pa.Table.from_arrays([rows], names=["input_ids"])
+    return Dataset(InMemoryTable(table)), total - used
+
+
+def count_tokens(ds: Dataset) -> int:
+    return int(pc.sum(pc.list_value_length(ds.data.table.column("input_ids"))).as_py() or 0)
+
+
+@dataclass
+class CausalCollator:
+    """Batch rows for causal LM: pad to the longest row, labels -100 on padding only.
+
+    Padding is found from the row lengths, not by comparing with `pad_token_id`, so an
+    EOS that shares the pad id is never masked out of the loss.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        lengths = [len(r["input_ids"]) for r in rows]
+        width = max(lengths)
+        ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, : lengths[i]] = r["input_ids"]
+            mask[i, : lengths[i]] = 1
+        input_ids = torch.from_numpy(ids)
+        attention_mask = torch.from_numpy(mask)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

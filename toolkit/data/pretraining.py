@@ -1,0 +1,195 @@
+"""Pretraining data, start to finish: sources, cleaning, held-out split, weights, tokenizer, packing.
+
+The result is cached on disk under a key made of everything that shapes it (sources and
+their file stamps, cleaning, split, tokenizer, block size, seed), so a second run of the
+same recipe, or the other processes of a distributed run, load it instead of redoing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, load_from_disk
+
+from toolkit.data.clean import clean_corpus, deduplicate, log_stats, text_hash
+from toolkit.data.packing import count_tokens, pack, tokenize
+from toolkit.data.sources import check_source, load_sources, source_fingerprint
+from toolkit.errors import ToolkitError
+from toolkit.recipe import Recipe
+from toolkit.tokenizer import load_pretrained_tokenizer, pretrained_tokenizer_name, train_bpe
+
+logger = logging.getLogger("toolkit")
+
+CACHE_FORMAT = 1  # bump when the cached layout or the pipeline's output changes
+
+
+@dataclass
+class PretrainingData:
+    train: Dataset
+    eval: Dataset
+    tokenizer: object
+    stats: dict
+
+
+def check_data(recipe: Recipe) -> None:
+    """Cheap checks before any work: built-in names exist, files exist."""
+    for source in recipe.data.sources + recipe.data.eval_sources:
+        check_source(source)
+
+
+def cache_path(recipe: Recipe) -> Path:
+    data, tok = recipe.data, recipe.tokenizer
+    spec = {
+        "format": CACHE_FORMAT,
+        "sources": [source_fingerprint(s) for s in data.sources],
+        "eval_sources": [source_fingerprint(s) for s in data.eval_sources],
+        "eval_fraction": data.eval_fraction,
+        "cleaning": asdict(data.cleaning),
+        "block_size": data.block_size,
+        "tokenizer": asdict(tok),
+        "tokenizer_from": pretrained_tokenizer_name(tok, recipe.model),
+        "seed": recipe.training.get("seed"),
+    }
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(os.path.expanduser(data.cache_dir)) / "pretraining" / key
+
+
+def prepare_pretraining_data(recipe: Recipe) -> PretrainingData:
+    """Load the packed data from the cache, or build it and store it there."""
+    path = cache_path(recipe)
+    if (path / "stats.json").is_file():
+        return _load(path)
+    built = _build(recipe)
+    _store(built, path)
+    built.stats["cache"] = str(path)
+    return built
+
+
+def _load(path: Path) -> PretrainingData:
+    from transformers import AutoTokenizer
+
+    stats = json.loads((path / "stats.json").read_text())
+    stats.update(from_cache=True, cache=str(path))
+    logger.info("data: loaded from cache %s (%s train tokens)", path, f"{stats['train_tokens']:,}")
+    return PretrainingData(
+        train=load_from_disk(str(path / "train")),
+        eval=load_from_disk(str(path / "eval")),
+        tokenizer=AutoTokenizer.from_pretrained(str(path / "tokenizer")),
+        stats=stats,
+    )
+
+
+def _store(data: PretrainingData, path: Path) -> None:
+    """Write to a temporary folder, then rename: a killed run never leaves a half cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
+    try:
+        data.train.save_to_disk(str(tmp / "train"))
+        data.eval.save_to_disk(str(tmp / "eval"))
+        data.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "stats.json").write_text(json.dumps(data.stats, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build(recipe: Recipe) -> PretrainingData:
+    data, seed = recipe.data, recipe.training.get("seed", 42)
+    num_proc = data.num_proc
+    logger.info("data: loading %d source(s)", len(data.sources))
+    corpus = load_sources(data.sources)
+    corpus, cleaning = clean_corpus(corpus, data.cleaning, num_proc)
+    logger.info("data: cleaning")
+    log_stats(cleaning, logger.info)
+    stats = {"cleaning": cleaning}
+
+    if data.eval_sources:
+        held_out = load_sources(data.eval_sources)
+        held_out, stats["eval_cleaning"] = clean_corpus(held_out, data.cleaning, num_proc)
+        # Decontaminate: no evaluation text may also be a training text.
+        before = len(corpus)
+        corpus = deduplicate(corpus, num_proc, seen={text_hash(t) for t in held_out["text"]})
+        stats["removed_as_eval_duplicates"] = before - len(corpus)
+        train = corpus
+    else:
+        if len(corpus) < 2:
+            raise ToolkitError(
+                f"dataset empty after cleaning: {len(corpus)} of {cleaning['documents_in']:,} documents left"
+                " (need at least 2 to hold one out); loosen data.cleaning or add data.sources"
+            )
+        n_eval = max(1, round(len(corpus) * data.eval_fraction))
+        split = corpus.train_test_split(test_size=n_eval, seed=seed)
+        train, held_out = split["train"], split["test"]
+    if len(train) == 0 or len(held_out) == 0:
+        side = "training" if len(train) == 0 else "evaluation"
+        raise ToolkitError(f"dataset empty after cleaning: no {side} documents left; loosen data.cleaning or add data.sources")
+
+    train = apply_weights(train, [s.weight for s in data.sources], seed)
+    stats["documents"] = {
+        "train": len(train),
+        "eval": len(held_out),
+        "train_per_source": np.bincount(train["source"], minlength=len(data.sources)).tolist(),
+    }
+
+    name = pretrained_tokenizer_name(recipe.tokenizer, recipe.model)
+    if name:
+        tokenizer = load_pretrained_tokenizer(name, recipe.tokenizer)
+        stats["tokenizer"] = {"pretrained": name, "vocab_size": len(tokenizer)}
+    else:
+        logger.info("tokenizer: training a byte-level BPE, vocab_size=%d, on %d documents", recipe.tokenizer.vocab_size, len(train))
+        tokenizer = train_bpe(_batches(train), recipe.tokenizer, length=len(train))
+        stats["tokenizer"] = {"trained": "byte-level BPE", "vocab_size": len(tokenizer)}
+
+    train_ids = tokenize(train, tokenizer, num_proc)
+    eval_ids = tokenize(held_out, tokenizer, num_proc)
+    train_blocks, dropped = pack(train_ids, data.block_size)
+    eval_blocks, _ = pack(eval_ids, data.block_size, keep_tail=True)
+    train_tokens = count_tokens(train_ids)
+    if len(train_blocks) == 0:
+        raise ToolkitError(
+            f"the training text has {train_tokens:,} tokens, less than one block of data.block_size={data.block_size};"
+            " lower data.block_size or add data"
+        )
+    stats.update(
+        train_tokens=train_tokens,
+        eval_tokens=count_tokens(eval_ids),
+        train_blocks=len(train_blocks),
+        eval_blocks=len(eval_blocks),
+        tokens_dropped=dropped,
+        block_size=data.block_size,
+        from_cache=False,
+    )
+    logger.info(
+        "data: %s train tokens in %s blocks of %d (%s dropped at the end), %s eval tokens",
+        f"{train_tokens:,}", f"{len(train_blocks):,}", data.block_size, f"{dropped:,}", f"{stats['eval_tokens']:,}",
+    )
+    return PretrainingData(train_blocks, eval_blocks, tokenizer, stats)
+
+
+def apply_weights(ds: Dataset, weights: list[float], seed: int) -> Dataset:
+    """Weight w: every document w times (fractions take a seeded random share); then shuffle."""
+    rng = np.random.default_rng(seed)
+    source = np.asarray(ds["source"])
+    picks = []
+    for i, w in enumerate(weights):
+        idx = np.flatnonzero(source == i)
+        whole, frac = int(w), w - int(w)
+        picks += [idx] * whole
+        picks.append(rng.permutation(idx)[: round(frac * len(idx))])
+    order = np.concatenate(picks) if picks else np.array([], dtype=int)
+    return ds.select(rng.permutation(order))
+
+
+def _batches(ds: Dataset, size: int = 1000):
+    for start in range(0, len(ds), size):
+        yield from ds[start : start + size]["text"]

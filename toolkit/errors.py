@@ -1,0 +1,25 @@
+"""User-facing errors: one line that names the problem and the fix, a non-zero exit, no traceback."""
+
+import functools
+import sys
+
+
+class ToolkitError(Exception):
+    """A problem with the user's input (recipe, data, paths), reported as one line."""
+
+
+def exit_on_user_error(main):
+    """Run `main`; turn a ToolkitError into `error: <message>` on stderr and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except ToolkitError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper

@@ -1,0 +1,81 @@
+"""The stages every recipe shares after the model is built: evaluate, train, evaluate, save."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+
+import torch
+
+from toolkit.console import summary
+from toolkit.evaluation import generate_samples
+from toolkit.modeling import count_parameters
+from toolkit.outputs import read_json, write_json, write_recipe
+from toolkit.publish import push_run
+from toolkit.recipe import Recipe
+
+logger = logging.getLogger("toolkit")
+
+INIT_EVAL_FILE = "init_eval_results.json"
+
+
+def train_and_evaluate(trainer, recipe: Recipe, resume_from: str | None) -> dict:
+    """Perplexity before training, the training itself (resumed when possible), perplexity after."""
+    out = recipe.output_dir
+    main = trainer.is_world_process_zero()
+    if main:
+        write_recipe(recipe)  # first write to the folder: everything before it was checked or prepared
+    results = {}
+    if recipe.evaluation.before_training:
+        # On resume the initial figure is read back, not measured on the restored weights.
+        init = read_json(out, INIT_EVAL_FILE) if resume_from else None
+        if init is None:
+            init = trainer.evaluate(metric_key_prefix="init_eval")
+            if main:
+                write_json(out, INIT_EVAL_FILE, init)
+        results.update(init)
+        logger.info("before training: perplexity %.2f", init["init_eval_perplexity"])
+    train = trainer.train(resume_from_checkpoint=resume_from)
+    results.update({k: v for k, v in train.metrics.items()})
+    results.update(trainer.evaluate())
+    return results
+
+
+def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started: float) -> None:
+    """Save the model and every result; push when asked; print the summary."""
+    out = recipe.output_dir
+    trainer.save_model()  # model (safetensors) and tokenizer, loadable with from_pretrained
+    if not trainer.is_world_process_zero():
+        return
+    trainer.save_state()
+    ev = recipe.evaluation
+    samples = generate_samples(
+        trainer.model, trainer.processing_class, ev.sample_prompts, ev.max_new_tokens, ev.temperature, ev.top_k,
+        seed=recipe.training.get("seed", 42),
+    )
+    results["wall_time_s"] = round(time.time() - started, 1)
+    scores = ("_loss", "_perplexity", "_tokens")
+    write_json(out, "eval_results.json", {k: v for k, v in results.items() if "eval_" in k and k.endswith(scores)})
+    write_json(out, "all_results.json", results)
+    write_json(out, "data_stats.json", data_stats)
+    write_json(out, "samples.json", samples)
+    write_json(out, "run_info.json", {
+        "parameters": count_parameters(trainer.model),
+        "device": str(trainer.args.device),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "world_size": trainer.args.world_size,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    })
+    lines = {"model": out.resolve()}
+    if "init_eval_perplexity" in results:
+        lines["perplexity before"] = f"{results['init_eval_perplexity']:.2f}"
+    lines["perplexity after"] = f"{results['eval_perplexity']:.2f}"
+    lines["training steps"] = trainer.state.global_step
+    lines["wall time"] = f"{results['wall_time_s']:.0f} s"
+    for s in samples:
+        lines[f"sample {s['prompt']!r}"] = repr(s["completion"][:120])
+    if recipe.hub.push:
+        lines["hub"] = push_run(recipe)
+    print("\n[toolkit] run finished\n" + summary(lines), flush=True)

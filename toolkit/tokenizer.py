@@ -1,0 +1,53 @@
+"""Tokenizers: a pretrained one by path or Hub id, or a new byte-level BPE trained on the train split."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from toolkit.errors import ToolkitError
+from toolkit.recipe import Model, Tokenizer
+
+
+def pretrained_tokenizer_name(spec: Tokenizer, model: Model) -> str | None:
+    """The tokenizer to load, or None when a new one is to be trained."""
+    return spec.name_or_path or model.name_or_path
+
+
+def load_pretrained_tokenizer(name: str, spec: Tokenizer):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name, revision=spec.revision)
+    except (OSError, ValueError) as err:
+        raise ToolkitError(f"could not load tokenizer {name!r}: {str(err).strip().splitlines()[0]}") from None
+    if tok.eos_token is None:
+        tok.eos_token = spec.eos_token  # packing separates documents with EOS; it must exist
+    if tok.pad_token is None:
+        # A distinct pad token keeps EOS out of the padding mask; pad ids never reach the loss.
+        tok.pad_token = spec.pad_token
+    return tok
+
+
+def train_bpe(texts: Iterable[str], spec: Tokenizer, length: int | None = None):
+    """Train a byte-level BPE (GPT-2 style: no unknown tokens, any byte sequence encodes)."""
+    from tokenizers import Tokenizer as RawTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(dict.fromkeys([spec.bos_token, spec.eos_token, spec.pad_token]))
+    if spec.vocab_size < 256 + len(specials):
+        raise ToolkitError(f"tokenizer.vocab_size must be at least {256 + len(specials)} (256 bytes + special tokens)")
+    raw = RawTokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        min_frequency=spec.min_frequency,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    raw.train_from_iterator(texts, trainer, length=length)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw, bos_token=spec.bos_token, eos_token=spec.eos_token, pad_token=spec.pad_token
+    )
