@@ -34,29 +34,36 @@ def load_model_config(spec: Model):
             )
         config = AutoConfig.for_model(spec.model_type)
     known = set(config.to_dict()) | {k for k in dir(config) if not k.startswith("_")}
-    for key, value in spec.config.items():
+    for key in spec.config:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"; did you mean 'model.config.{close[0]}'?" if close else ""
             raise ToolkitError(f"unknown key 'model.config.{key}' for a {config.model_type} config{hint}")
-        setattr(config, key, value)
+    if spec.name_or_path:
+        for key, value in spec.config.items():  # a pretrained config already holds its derived values
+            setattr(config, key, value)
+    else:
+        # Built anew so that derived values follow (Llama's head_dim = hidden_size / heads).
+        config = AutoConfig.for_model(spec.model_type, **spec.config)
     return config
 
 
-def max_positions(config) -> int | None:
+def max_positions(config) -> tuple[int, str] | tuple[None, None]:
+    """The longest sequence the model's positions cover, and the config key that sets it."""
+    stored = config.to_dict()  # the key as the config file spells it (gpt2: n_positions)
     for key in _POSITION_KEYS:
-        value = getattr(config, key, None)
+        value = stored.get(key)
         if isinstance(value, int) and value > 0:
-            return value
-    return None
+            return value, key
+    return None, None
 
 
 def check_block_size(config, block_size: int) -> None:
-    limit = max_positions(config)
+    limit, key = max_positions(config)
     if limit is not None and block_size > limit:
         raise ToolkitError(
             f"data.block_size={block_size} is larger than the model's maximum positions ({limit});"
-            f" lower data.block_size or raise model.config.{next(k for k in _POSITION_KEYS if getattr(config, k, None) == limit)}"
+            f" lower data.block_size or raise model.config.{key}"
         )
 
 

@@ -117,6 +117,10 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 
 SECRET_KEYS = {("hub", "token"), ("training", "hub_token")}
 
+# Optimizer names the toolkit adds to TrainingArguments.optim: plain Adam, whose weight
+# decay is an L2 term in the gradient (AdamW decouples it), is missing there.
+EXTRA_OPTIMIZERS = {"adam"}
+
 
 @dataclass
 class Recipe:
@@ -327,6 +331,9 @@ def _build_training(value, origins: _OriginMap) -> dict[str, Any]:
     for key, item in value.items():
         if key not in names:
             _unknown_key(("training", key), names, origins)
+        if key == "optim" and item in EXTRA_OPTIMIZERS:
+            out[key] = item
+            continue
         out[key] = _check(item, hints[key], ("training", key), origins)
     return out
 
@@ -506,6 +513,8 @@ def training_arguments(recipe: Recipe) -> dict[str, Any]:
     import torch
 
     args = dict(recipe.training)
+    if args.get("optim") in EXTRA_OPTIMIZERS:
+        args["optim"] = "adamw_torch"  # a placeholder: the Trainer gets the optimizer class itself
     if "bf16" not in args and "fp16" not in args:
         args["bf16"] = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if not torch.cuda.is_available():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
 from toolkit.data.packing import CausalCollator
@@ -30,6 +31,10 @@ class CausalLMTrainer(Trainer):
 
 
 def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset) -> CausalLMTrainer:
+    args = TrainingArguments(**training_arguments(recipe))
+    optimizer = None
+    if recipe.training.get("optim") == "adam":
+        optimizer = (torch.optim.Adam, {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon})
     callbacks = []
     if recipe.evaluation.early_stopping_patience:
         callbacks.append(
@@ -37,7 +42,8 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
         )
     return CausalLMTrainer(
         model=model,
-        args=TrainingArguments(**training_arguments(recipe)),
+        args=args,
+        optimizer_cls_and_kwargs=optimizer,
         data_collator=CausalCollator(tokenizer.pad_token_id),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
@@ -55,8 +61,6 @@ def use_all_cpu_cores() -> None:
     involved, which halves CPU training speed on a 2-core machine for no gain.
     """
     import os
-
-    import torch
 
     if torch.cuda.is_available() or torch.get_num_threads() > 1:
         return

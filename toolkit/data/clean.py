@@ -100,6 +100,8 @@ def text_hash(text: str) -> str:
 
 def deduplicate(ds: Dataset, num_proc: int | None = None, seen: set[str] | None = None) -> Dataset:
     """Keep the first copy of each exact text (and drop texts whose hash is in `seen`)."""
+    if len(ds) == 0:
+        return ds
     hashes = ds.map(lambda b: {"h": [text_hash(t) for t in b["text"]]}, batched=True, num_proc=num_proc,
                     remove_columns=ds.column_names, desc="cleaning: deduplicate")["h"]
     seen = set() if seen is None else set(seen)

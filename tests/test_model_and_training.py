@@ -1,0 +1,111 @@
+"""Model building and the training options a recipe can turn on."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from transformers.optimization import Adafactor
+
+from tests.conftest import ROOT
+from toolkit.errors import ToolkitError
+from toolkit.modeling import build_model, check_block_size, load_model_config
+from toolkit.recipe import Model, load_recipe
+from toolkit.training import build_trainer
+
+DEFAULT = ROOT / "recipes" / "pretrain" / "default.yaml"
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "max_position_embeddings": 64}
+
+
+class FakeVocab:
+    """Just the tokenizer attributes build_model reads: a 100-token vocabulary."""
+
+    bos_token_id, eos_token_id, pad_token_id = 1, 1, 0
+
+    def __len__(self):
+        return 100
+
+
+def tiny_trainer(tmp_path, *overrides):
+    recipe = load_recipe(None, [f"training.output_dir={tmp_path}", "training.report_to=[]", *overrides], default=DEFAULT)
+    model = build_model(Model(config=TINY), load_model_config(Model(config=TINY)), FakeVocab())
+    rows = Dataset.from_dict({"input_ids": [[(i * 7 + j) % 100 for j in range(16)] for i in range(8)]})
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1}, unk_token="<pad>")),
+                                  pad_token="<pad>", eos_token="<eos>")
+    return build_trainer(recipe, model, tok, rows, rows)
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [("adamw_torch", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD),
+     ("adagrad", torch.optim.Adagrad), ("adafactor", Adafactor)],
+)
+def test_optimizers_by_name(tmp_path, name, cls):
+    trainer = tiny_trainer(tmp_path, f"training.optim={name}", "training.weight_decay=0.1")
+    optimizer = trainer.create_optimizer()
+    assert type(optimizer) is cls
+    decays = sorted(g["weight_decay"] for g in optimizer.param_groups)
+    assert decays == [0.0, 0.1]  # norms and biases are not decayed
+
+
+def test_label_smoothing_is_applied_to_shifted_labels(tmp_path):
+    eps = 0.2
+    trainer = tiny_trainer(tmp_path, f"training.label_smoothing_factor={eps}")
+    batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
+    model = trainer.model.eval()
+    with torch.no_grad():
+        smoothed = trainer.compute_loss(model, dict(batch)).item()
+        logits = model(input_ids=batch["input_ids"]).logits[:, :-1]
+        logp = F.log_softmax(logits.float(), dim=-1)
+        target = batch["labels"][:, 1:]
+        nll = -logp.gather(-1, target.unsqueeze(-1)).mean()
+        uniform = -logp.mean()
+    assert smoothed == pytest.approx(((1 - eps) * nll + eps * uniform).item(), rel=1e-4)
+
+
+def test_model_config_overrides_reach_the_model_including_dropout():
+    config = load_model_config(Model(config={**TINY, "attention_dropout": 0.25}))
+    model = build_model(Model(), config, FakeVocab())
+    assert model.config.attention_dropout == 0.25 and model.config.hidden_size == 32
+    assert model.config.vocab_size == 100 and model.config.pad_token_id == 0
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_unknown_model_config_key_and_model_type_get_suggestions():
+    with pytest.raises(ToolkitError, match="unknown key 'model.config.hiden_size'.*did you mean 'model.config.hidden_size'"):
+        load_model_config(Model(config={"hiden_size": 8}))
+    with pytest.raises(ToolkitError, match="unknown model.model_type 'lama'; did you mean .*llama"):
+        load_model_config(Model(model_type="lama"))
+
+
+def test_block_size_is_checked_against_each_architectures_position_limit():
+    gpt2 = load_model_config(Model(model_type="gpt2", config={"n_positions": 128, "n_layer": 1}))
+    check_block_size(gpt2, 128)
+    with pytest.raises(ToolkitError, match="raise model.config.n_positions"):
+        check_block_size(gpt2, 129)
+
+
+def test_same_seed_same_initial_weights():
+    config = load_model_config(Model(config=TINY))
+    a = build_model(Model(), config, FakeVocab(), seed=7).state_dict()
+    b = build_model(Model(), config, FakeVocab(), seed=7).state_dict()
+    c = build_model(Model(), config, FakeVocab(), seed=8).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_fp32_on_cpu(tmp_path):
+    trainer = tiny_trainer(tmp_path)
+    assert trainer.args.bf16 is False and trainer.args.fp16 is False
+    assert next(trainer.model.parameters()).dtype == torch.float32
+    assert math.isfinite(trainer.evaluate()["eval_perplexity"])
+
+
+def test_config_overrides_build_the_config_anew_so_derived_sizes_follow():
+    config = load_model_config(Model(config={"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 2}))
+    assert config.head_dim == 64  # not the 4096/32 of Llama's defaults
