@@ -55,19 +55,31 @@ def test_run_writes_a_loadable_model_and_every_result(finished_run):
 
 def test_no_secret_reaches_the_output_directory(finished_run):
     folder, _, result = finished_run
-    for path in (folder / "out").rglob("*"):
-        if path.is_file() and path.suffix in {".json", ".yaml", ".txt", ".md"}:
-            assert "hf_NEVERWRITTEN123" not in path.read_text(errors="ignore"), path
+    files = [p for p in (folder / "out").rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in files)  # pickled arguments are searched too
+    for path in files:
+        assert b"hf_NEVERWRITTEN123" not in path.read_bytes(), path
     assert "hf_NEVERWRITTEN123" not in result.stdout + result.stderr
 
 
-def test_second_run_reads_the_data_cache_and_resumes(finished_run):
+def test_rerun_of_a_finished_run_changes_nothing(finished_run):
     folder, path, _ = finished_run
+    out = folder / "out"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     again = run_pretrain("--config", str(path), "evaluation.max_new_tokens=8")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already holds the finished run" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_same_data_in_a_new_run_comes_from_the_cache(finished_run, tmp_path):
+    folder, path, _ = finished_run
+    again = run_pretrain("--config", str(path), f"training.output_dir={tmp_path / 'second'}", "training.max_steps=1",
+                         "training.save_strategy=no", "evaluation.max_new_tokens=2")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "loaded from cache" in again.stdout
     assert "tokenizing" not in again.stderr + again.stdout  # no second tokenization
-    assert "resuming from" in again.stdout and "checkpoint-4" in again.stdout
+    assert json.loads((tmp_path / "second" / "data_stats.json").read_text())["from_cache"] is True
 
 
 def test_rerun_after_an_interruption_continues_from_the_last_checkpoint(tiny, tmp_path):
@@ -75,9 +87,11 @@ def test_rerun_after_an_interruption_continues_from_the_last_checkpoint(tiny, tm
     first = run_pretrain("--config", str(path))
     assert first.returncode == 0, first.stderr[-3000:]
     out = tmp_path / "out"
-    # As if the run had been stopped right after its step-2 checkpoint.
+    # As if the run had been stopped right after its step-2 checkpoint: only what existed then stays.
     shutil.rmtree(out / "checkpoint-4")
-    (out / "model.safetensors").unlink()
+    for leftover in out.iterdir():
+        if leftover.is_file() and leftover.name not in {"recipe.yaml", "init_eval_results.json"}:
+            leftover.unlink()
     resumed = run_pretrain("--config", str(path))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout and "checkpoint-2" in resumed.stdout

@@ -36,7 +36,7 @@ def test_ci_script_fails_when_pytest_collects_nothing(tmp_path):
 
 @pytest.mark.parametrize(
     "name, kind, processes",
-    [("cpu.yaml", "NO", 1), ("cpu_2proc.yaml", "MULTI_CPU", 2), ("gpu.yaml", "NO", 1),
+    [("cpu.yaml", "NO", 1), ("cpu_2proc.yaml", "MULTI_GPU", 2), ("gpu.yaml", "NO", 1),
      ("multi_gpu.yaml", "MULTI_GPU", 8), ("fsdp.yaml", "FSDP", 8), ("multi_node.yaml", "MULTI_GPU", 16)],
 )
 def test_accelerate_configs_load_with_accelerate(name, kind, processes):
@@ -48,7 +48,7 @@ def test_accelerate_configs_load_with_accelerate(name, kind, processes):
     if name == "fsdp.yaml":
         assert config.fsdp_config["fsdp_version"] == 2
         assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
-    if name.startswith("cpu"):
+    if name == "cpu.yaml":
         assert config.use_cpu is True
     raw = yaml.safe_load((CONFIGS / name).read_text())
     assert raw["compute_environment"] == "LOCAL_MACHINE"

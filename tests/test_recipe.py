@@ -113,3 +113,22 @@ def test_saved_recipe_is_resolved_and_holds_no_secrets():
     assert saved["training"]["max_steps"] == 7
     assert "hub_token" not in saved["training"] and "token" not in saved["hub"]
     assert recipe.to_dict(secrets=True)["hub"]["token"] == "hf_other456"
+
+
+@pytest.mark.parametrize("override", ["training.prediction_loss_only=true", "training.batch_eval_metrics=true",
+                                      "training.eval_do_concat_batches=false", "training.dataloader_drop_last=true"])
+def test_settings_that_would_break_token_weighted_perplexity_are_refused(override):
+    with pytest.raises(ToolkitError, match="perplexity needs every evaluation token"):
+        load_recipe(None, [override], default=DEFAULT)
+
+
+@pytest.mark.parametrize("override", ["data.sources.weight=2", "data.sources[-1].weight=2"])
+def test_list_keys_need_an_index(override):
+    with pytest.raises(ToolkitError, match=r"'data.sources' is a list; address an item by index"):
+        load_recipe(None, [override], default=DEFAULT)
+
+
+def test_a_rejected_secret_is_not_echoed():
+    with pytest.raises(ToolkitError) as err:
+        load_recipe(None, ["hub.token=12345678"], default=DEFAULT)
+    assert "12345678" not in str(err.value) and "'hub.token' must be" in str(err.value)

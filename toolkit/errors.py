@@ -8,6 +8,12 @@ class ToolkitError(Exception):
     """A problem with the user's input (recipe, data, paths), reported as one line."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (library errors can run to pages)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def exit_on_user_error(main):
     """Run `main`; turn a ToolkitError into `error: <message>` on stderr and exit status 2."""
 

@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import Model
 
 logger = logging.getLogger("toolkit")
@@ -25,7 +25,7 @@ def load_model_config(spec: Model):
         try:
             config = AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision)
         except (OSError, ValueError) as err:
-            raise ToolkitError(f"could not load model {spec.name_or_path!r}: {_first_line(err)} (check model.name_or_path)") from None
+            raise ToolkitError(f"could not load model {spec.name_or_path!r}: {first_line(err)} (check model.name_or_path)") from None
     else:
         if spec.model_type not in CONFIG_MAPPING:
             close = difflib.get_close_matches(spec.model_type, list(CONFIG_MAPPING.keys()), n=3)
@@ -86,7 +86,7 @@ def build_model(spec: Model, config, tokenizer, seed: int = 42):
                 setattr(config, key, value)
             model = AutoModelForCausalLM.from_config(config, attn_implementation=spec.attn_implementation, dtype=torch.float32)
     except (ValueError, ImportError) as err:
-        raise ToolkitError(f"could not build the model: {_first_line(err)}") from None
+        raise ToolkitError(f"could not build the model: {first_line(err)}") from None
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         logger.info("model: resizing embeddings to the tokenizer's %d tokens", len(tokenizer))
         model.resize_token_embeddings(len(tokenizer))
@@ -100,8 +100,3 @@ def build_model(spec: Model, config, tokenizer, seed: int = 42):
 def count_parameters(model) -> int:
     """Unique parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

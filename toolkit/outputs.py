@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -14,10 +15,17 @@ from toolkit.recipe import Recipe
 logger = logging.getLogger("toolkit")
 
 RECIPE_FILE = "recipe.yaml"
+FINAL_FILE = "eval_results.json"  # written last: its presence means the run finished
 
 
-def check_output_dir(recipe: Recipe) -> str | None:
-    """Refuse a folder that holds something else; return the checkpoint to resume from, if any.
+@dataclass
+class RunState:
+    resume_from: str | None = None  # the last checkpoint of an interrupted run
+    finished: bool = False  # the folder already holds this recipe's finished run
+
+
+def check_output_dir(recipe: Recipe) -> RunState:
+    """Refuse a folder that holds something else; say whether to resume, or that all is done.
 
     Runs before any work, and writes nothing.
     """
@@ -27,7 +35,7 @@ def check_output_dir(recipe: Recipe) -> str | None:
     if out.exists() and not out.is_dir():
         raise ToolkitError(f"training.output_dir {out} is a file; choose a folder")
     if not out.is_dir() or not any(out.iterdir()):
-        return None
+        return RunState()
     saved = out / RECIPE_FILE
     if not saved.is_file():
         raise ToolkitError(
@@ -42,10 +50,13 @@ def check_output_dir(recipe: Recipe) -> str | None:
             f"output directory {out} holds a run of another recipe ({shown});"
             " choose another training.output_dir, or move that folder away to start over"
         )
+    if (out / FINAL_FILE).is_file():
+        logger.info("%s already holds the finished run of this recipe (results in %s); nothing to do", out, FINAL_FILE)
+        return RunState(finished=True)
     checkpoint = get_last_checkpoint(str(out))
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
-    return checkpoint
+    return RunState(resume_from=checkpoint)
 
 
 def _differences(a, b, prefix: str = "") -> list[tuple[str, object, object]]:

@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 
 COMMAND_LINE = "the command line"
 
@@ -102,7 +102,6 @@ class Hub:
     push: bool = False
     model_id: str | None = None  # namespace/name
     private: bool = True
-    strategy: Literal["end", "every_save"] = "end"
     token: str | None = None  # better: HF_TOKEN or `hf auth login`; never saved
 
 
@@ -256,6 +255,8 @@ def _apply_override(raw: dict, item: str, origins: _OriginMap) -> None:
         value = text
     node = raw
     for depth, key in enumerate(keys[:-1]):
+        if isinstance(node, list) and not isinstance(key, int):
+            raise ToolkitError(f"override {item!r}: '{_dotted(keys[:depth])}' is a list; address an item by index, e.g. {_dotted(keys[:depth])}[0].{key}")
         if isinstance(key, int):
             if not isinstance(node, list) or key >= len(node):
                 raise ToolkitError(f"override {item!r}: '{_dotted(keys[:depth])}' has no item {key}")
@@ -265,6 +266,8 @@ def _apply_override(raw: dict, item: str, origins: _OriginMap) -> None:
                 node[key] = [] if isinstance(keys[depth + 1], int) else {}
             node = node[key]
     last = keys[-1]
+    if isinstance(node, list) and not isinstance(last, int):
+        raise ToolkitError(f"override {item!r}: '{_dotted(keys[:-1])}' is a list; address an item by index, e.g. {_dotted(keys[:-1])}[0].{last}")
     if isinstance(last, int):
         if not isinstance(node, list) or last > len(node):
             raise ToolkitError(f"override {item!r}: '{_dotted(keys[:-1])}' has no item {last}")
@@ -378,7 +381,7 @@ def _check(value, annotation, keys: tuple, origins: _OriginMap):
     except _Mismatch:
         name = _dotted(keys)
         expected = _describe(annotation)
-        got = f"{value!r} ({type(value).__name__})"
+        got = "a value that is not shown (a secret)" if tuple(keys) in SECRET_KEYS else f"{value!r} ({type(value).__name__})"
         choices = _choices(annotation)
         if choices:
             shown = ", ".join(map(repr, choices[:8])) + (", ..." if len(choices) > 8 else "")
@@ -496,6 +499,12 @@ def _check_consistency(recipe: Recipe, origins: _OriginMap) -> None:
         raise ToolkitError(f"{origins(('hub', 'push'))}: hub.push is true but hub.model_id is not set (namespace/name)")
     if recipe.hub.model_id and recipe.hub.model_id.count("/") != 1:
         raise ToolkitError(f"{origins(('hub', 'model_id'))}: hub.model_id must be 'namespace/name', got {recipe.hub.model_id!r}")
+    for key, broken in _EVAL_BREAKERS.items():
+        if key in recipe.training and recipe.training[key] == broken:
+            raise ToolkitError(
+                f"{origins(('training', key))}: training.{key}={str(broken).lower()} is not supported:"
+                " perplexity needs every evaluation token gathered; remove the key"
+            )
     if recipe.evaluation.early_stopping_patience and recipe.training.get("eval_strategy", "no") == "no":
         raise ToolkitError(
             f"{origins(('evaluation', 'early_stopping_patience'))}: early stopping needs evaluations during training;"
@@ -504,20 +513,29 @@ def _check_consistency(recipe: Recipe, origins: _OriginMap) -> None:
     try:
         TrainingArguments(**training_arguments(recipe))
     except (ValueError, TypeError, ImportError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ToolkitError(f"{origins(('training',))}: training: {first}") from None
+        raise ToolkitError(f"{origins(('training',))}: training: {first_line(err)}") from None
+
+
+# TrainingArguments values under which evaluation would drop or never gather the
+# per-token sums that perplexity is computed from.
+_EVAL_BREAKERS = {"prediction_loss_only": True, "batch_eval_metrics": True, "eval_do_concat_batches": False,
+                  "dataloader_drop_last": True}
 
 
 def training_arguments(recipe: Recipe) -> dict[str, Any]:
     """The `training:` section as TrainingArguments keywords, with machine-dependent choices made."""
-    import torch
+    from toolkit.hardware import bf16_supported, has_accelerator
 
     args = dict(recipe.training)
+    # The toolkit pushes with huggingface_hub itself; a token kept here would be pickled
+    # into training_args.bin in every checkpoint.
+    args.pop("hub_token", None)
     if args.get("optim") in EXTRA_OPTIMIZERS:
         args["optim"] = "adamw_torch"  # a placeholder: the Trainer gets the optimizer class itself
     if "bf16" not in args and "fp16" not in args:
-        args["bf16"] = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if not torch.cuda.is_available():
+        args["bf16"] = bf16_supported()
+    if not has_accelerator():
+        args.setdefault("use_cpu", True)
         args.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator
     if recipe.evaluation.early_stopping_patience:
         # Early stopping compares evaluations; keep the best model, judged by the token-weighted loss.

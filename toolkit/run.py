@@ -11,7 +11,7 @@ import torch
 from toolkit.console import summary
 from toolkit.evaluation import generate_samples
 from toolkit.modeling import count_parameters
-from toolkit.outputs import read_json, write_json, write_recipe
+from toolkit.outputs import FINAL_FILE, read_json, write_json, write_recipe
 from toolkit.publish import push_run
 from toolkit.recipe import Recipe
 
@@ -55,8 +55,6 @@ def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started
         seed=recipe.training.get("seed", 42),
     )
     results["wall_time_s"] = round(time.time() - started, 1)
-    scores = ("_loss", "_perplexity", "_tokens")
-    write_json(out, "eval_results.json", {k: v for k, v in results.items() if "eval_" in k and k.endswith(scores)})
     write_json(out, "all_results.json", results)
     write_json(out, "data_stats.json", data_stats)
     write_json(out, "samples.json", samples)
@@ -68,6 +66,8 @@ def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started
         "platform": platform.platform(),
         "torch": torch.__version__,
     })
+    scores = ("_loss", "_perplexity", "_tokens")
+    write_json(out, FINAL_FILE, {k: v for k, v in results.items() if "eval_" in k and k.endswith(scores)})
     lines = {"model": out.resolve()}
     if "init_eval_perplexity" in results:
         lines["perplexity before"] = f"{results['init_eval_perplexity']:.2f}"

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import Model, Tokenizer
 
 
-def pretrained_tokenizer_name(spec: Tokenizer, model: Model) -> str | None:
-    """The tokenizer to load, or None when a new one is to be trained."""
-    return spec.name_or_path or model.name_or_path
+def pretrained_tokenizer_name(spec: Tokenizer, model: Model) -> tuple[str | None, str | None]:
+    """The tokenizer to load and its revision, or (None, None) when a new one is to be trained."""
+    if spec.name_or_path:
+        return spec.name_or_path, spec.revision
+    return model.name_or_path, model.revision  # the model's own tokenizer, at the model's revision
 
 
-def load_pretrained_tokenizer(name: str, spec: Tokenizer):
+def load_pretrained_tokenizer(name: str, spec: Tokenizer, revision: str | None = None):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name, revision=spec.revision)
+        tok = AutoTokenizer.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as err:
-        raise ToolkitError(f"could not load tokenizer {name!r}: {str(err).strip().splitlines()[0]}") from None
+        raise ToolkitError(f"could not load tokenizer {name!r}: {first_line(err)}") from None
     if tok.eos_token is None:
         tok.eos_token = spec.eos_token  # packing separates documents with EOS; it must exist
     if tok.pad_token is None:

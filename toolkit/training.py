@@ -6,9 +6,11 @@ import logging
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers.integrations import TensorBoardCallback
 
 from toolkit.data.packing import CausalCollator
 from toolkit.evaluation import compute_perplexity, token_nll
+from toolkit.hardware import has_accelerator
 from toolkit.recipe import Recipe, training_arguments
 
 logger = logging.getLogger("toolkit")
@@ -40,7 +42,7 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
         callbacks.append(
             EarlyStoppingCallback(recipe.evaluation.early_stopping_patience, recipe.evaluation.early_stopping_threshold)
         )
-    return CausalLMTrainer(
+    trainer = CausalLMTrainer(
         model=model,
         args=args,
         optimizer_cls_and_kwargs=optimizer,
@@ -52,6 +54,25 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
         preprocess_logits_for_metrics=token_nll,
         callbacks=callbacks,
     )
+    for callback in trainer.callback_handler.callbacks:
+        # TensorBoard opens its writer at the first log; before training (the initial evaluation)
+        # it would otherwise write to ./runs in the working directory.
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(recipe.output_dir / "runs")
+    return trainer
+
+
+def init_processes():
+    """Start this process's part of the run: GPUs when there are any, else the CPU.
+
+    Without a GPU, a multi-process launch (torchrun, `accelerate launch` with several
+    processes) runs data-parallel over gloo, and each process gets its share of the cores.
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not has_accelerator())
+    use_all_cpu_cores()
+    return state
 
 
 def use_all_cpu_cores() -> None:
@@ -62,7 +83,7 @@ def use_all_cpu_cores() -> None:
     """
     import os
 
-    if torch.cuda.is_available() or torch.get_num_threads() > 1:
+    if has_accelerator() or torch.get_num_threads() > 1:
         return
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     share = max(1, len(os.sched_getaffinity(0)) // local_processes)

@@ -98,18 +98,28 @@ def text_hash(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def deduplicate(ds: Dataset, num_proc: int | None = None, seen: set[str] | None = None) -> Dataset:
-    """Keep the first copy of each exact text (and drop texts whose hash is in `seen`)."""
+def _hashes(ds: Dataset, num_proc: int | None) -> list[str]:
+    return ds.map(lambda b: {"h": [text_hash(t) for t in b["text"]]}, batched=True, num_proc=num_proc,
+                  remove_columns=ds.column_names, desc="hashing")["h"]
+
+
+def deduplicate(ds: Dataset, num_proc: int | None = None) -> Dataset:
+    """Keep the first copy of each exact text."""
     if len(ds) == 0:
         return ds
-    hashes = ds.map(lambda b: {"h": [text_hash(t) for t in b["text"]]}, batched=True, num_proc=num_proc,
-                    remove_columns=ds.column_names, desc="cleaning: deduplicate")["h"]
-    seen = set() if seen is None else set(seen)
-    keep = []
-    for i, h in enumerate(hashes):
+    seen, keep = set(), []
+    for i, h in enumerate(_hashes(ds, num_proc)):
         if h not in seen:
             seen.add(h)
             keep.append(i)
+    return ds.select(keep) if len(keep) < len(ds) else ds
+
+
+def drop_texts(ds: Dataset, hashes: set[str], num_proc: int | None = None) -> Dataset:
+    """Drop every row whose text hashes into `hashes` (evaluation texts out of training)."""
+    if len(ds) == 0 or not hashes:
+        return ds
+    keep = [i for i, h in enumerate(_hashes(ds, num_proc)) if h not in hashes]
     return ds.select(keep) if len(keep) < len(ds) else ds
 
 

@@ -45,9 +45,9 @@ def pack(ds: Dataset, block_size: int, keep_tail: bool = False) -> tuple[Dataset
     ends = list(range(block_size, total + 1, block_size))
     if keep_tail and total - (ends[-1] if ends else 0) >= 2:  # a row of one token predicts nothing
         ends.append(total)
-    offsets = pa.array([0] + ends, type=pa.int32())
+    offsets = pa.array([0] + ends, type=pa.int64())  # 64-bit: a corpus may pass 2**31 tokens
     used = ends[-1] if ends else 0
-    rows = pa.ListArray.from_arrays(offsets, flat.slice(0, used).cast(pa.int32()))
+    rows = pa.LargeListArray.from_arrays(offsets, flat.slice(0, used).cast(pa.int32()))
     table = pa.Table.from_arrays([rows], names=["input_ids"])
     return Dataset(InMemoryTable(table)), total - used
 

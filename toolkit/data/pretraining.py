@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, load_from_disk
 
-from toolkit.data.clean import clean_corpus, deduplicate, log_stats, text_hash
+from toolkit.data.clean import clean_corpus, drop_texts, log_stats, text_hash
 from toolkit.data.packing import count_tokens, pack, tokenize
 from toolkit.data.sources import check_source, load_sources, source_fingerprint
 from toolkit.errors import ToolkitError
@@ -55,11 +55,19 @@ def cache_path(recipe: Recipe) -> Path:
         "cleaning": asdict(data.cleaning),
         "block_size": data.block_size,
         "tokenizer": asdict(tok),
-        "tokenizer_from": pretrained_tokenizer_name(tok, recipe.model),
+        "tokenizer_from": _tokenizer_stamp(*pretrained_tokenizer_name(tok, recipe.model)),
         "seed": recipe.training.get("seed"),
     }
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(os.path.expanduser(data.cache_dir)) / "pretraining" / key
+
+
+def _tokenizer_stamp(name: str | None, revision: str | None):
+    """A pretrained tokenizer's identity: name and revision, plus file times for a local folder."""
+    if name and Path(name).is_dir():
+        files = sorted(p for p in Path(name).iterdir() if p.is_file() and "token" in p.name)
+        return [name, revision, [(p.name, p.stat().st_size, p.stat().st_mtime) for p in files]]
+    return [name, revision]
 
 
 def prepare_pretraining_data(recipe: Recipe) -> PretrainingData:
@@ -116,10 +124,6 @@ def _build(recipe: Recipe) -> PretrainingData:
     if data.eval_sources:
         held_out = load_sources(data.eval_sources)
         held_out, stats["eval_cleaning"] = clean_corpus(held_out, data.cleaning, num_proc)
-        # Decontaminate: no evaluation text may also be a training text.
-        before = len(corpus)
-        corpus = deduplicate(corpus, num_proc, seen={text_hash(t) for t in held_out["text"]})
-        stats["removed_as_eval_duplicates"] = before - len(corpus)
         train = corpus
     else:
         if len(corpus) < 2:
@@ -130,6 +134,10 @@ def _build(recipe: Recipe) -> PretrainingData:
         n_eval = max(1, round(len(corpus) * data.eval_fraction))
         split = corpus.train_test_split(test_size=n_eval, seed=seed)
         train, held_out = split["train"], split["test"]
+    # Decontaminate: no evaluation text may also be a training text (even with dedup off).
+    before = len(train)
+    train = drop_texts(train, {text_hash(t) for t in held_out["text"]}, num_proc)
+    stats["removed_as_eval_duplicates"] = before - len(train)
     if len(train) == 0 or len(held_out) == 0:
         side = "training" if len(train) == 0 else "evaluation"
         raise ToolkitError(f"dataset empty after cleaning: no {side} documents left; loosen data.cleaning or add data.sources")
@@ -141,9 +149,9 @@ def _build(recipe: Recipe) -> PretrainingData:
         "train_per_source": np.bincount(train["source"], minlength=len(data.sources)).tolist(),
     }
 
-    name = pretrained_tokenizer_name(recipe.tokenizer, recipe.model)
+    name, revision = pretrained_tokenizer_name(recipe.tokenizer, recipe.model)
     if name:
-        tokenizer = load_pretrained_tokenizer(name, recipe.tokenizer)
+        tokenizer = load_pretrained_tokenizer(name, recipe.tokenizer, revision)
         stats["tokenizer"] = {"pretrained": name, "vocab_size": len(tokenizer)}
     else:
         logger.info("tokenizer: training a byte-level BPE, vocab_size=%d, on %d documents", recipe.tokenizer.vocab_size, len(train))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import Source
 
 FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -112,12 +112,12 @@ def load_source(source: Source, index: int) -> Dataset:
         try:
             ds = load_dataset(builder, data_files=files, split="train", **kwargs)
         except Exception as err:  # malformed JSON/CSV: say which files, not a parser traceback
-            raise ToolkitError(f"could not read {', '.join(files[:3])}: {_first_line(err)}") from None
+            raise ToolkitError(f"could not read {', '.join(files[:3])}: {first_line(err)}") from None
     else:
         try:
             ds = load_dataset(source.hub, source.config, split=source.split, revision=source.revision)
         except Exception as err:  # offline, unknown name, wrong config or split
-            raise ToolkitError(f"could not load Hub dataset {source.hub!r}: {_first_line(err)}") from None
+            raise ToolkitError(f"could not load Hub dataset {source.hub!r}: {first_line(err)}") from None
     name = source.builtin or source.hub or source.files
     if source.text_column not in ds.column_names:
         raise ToolkitError(
@@ -135,8 +135,3 @@ def load_source(source: Source, index: int) -> Dataset:
 
 def load_sources(sources: list[Source]) -> Dataset:
     return concatenate_datasets([load_source(s, i) for i, s in enumerate(sources)])
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
