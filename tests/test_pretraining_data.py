@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tests.conftest import ROOT
-from toolkit.data.pretraining import cache_path, prepare_pretraining_data
+from toolkit.data.prepare import cache_path, prepare_pretraining_data
 from toolkit.recipe import load_recipe
 
 DEFAULT = ROOT / "recipes" / "pretrain" / "default.yaml"

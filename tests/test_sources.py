@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from datasets import Dataset
 
-from toolkit.data.pretraining import apply_weights
+from toolkit.data.prepare import apply_weights
 from toolkit.data.sources import load_source, load_sources, python_docs, resolve_files
 from toolkit.errors import ToolkitError
 from toolkit.recipe import Source
@@ -16,7 +16,7 @@ DOCS = ["First document about parsing.", "Second one, on tokens.", "Third: the l
 
 
 def test_builtin_python_docs_is_real_english_prose():
-    docs = python_docs()
+    docs = python_docs()["text"]
     assert len(docs) > 1000
     assert sum(map(len, docs)) > 500_000
     assert any("The import statement" in d or "import statement" in d for d in docs)

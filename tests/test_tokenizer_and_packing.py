@@ -11,7 +11,7 @@ from toolkit.tokenizer import load_pretrained_tokenizer, train_bpe
 
 
 def small_bpe(vocab_size=500):
-    docs = python_docs()[:300]
+    docs = python_docs()["text"][:300]
     return train_bpe(iter(docs), Tokenizer(vocab_size=vocab_size), length=len(docs))
 
 

@@ -39,15 +39,23 @@ def compute_perplexity(eval_pred) -> dict[str, float]:
 
 
 @torch.no_grad()
-def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float, top_k: int, seed: int):
-    """Sample a continuation of each prompt (seeded, so a rerun gives the same text)."""
+def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float, top_k: int, seed: int,
+                     chat: bool = False):
+    """Sample a continuation of each prompt (seeded, so a rerun gives the same text).
+
+    With `chat`, each prompt is a user message rendered with the chat template.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = []
     for i, prompt in enumerate(prompts):
         torch.manual_seed(seed + i)
-        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+        text = prompt
+        if chat:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
+        enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
         ids = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or None,
             top_k=top_k, pad_token_id=tokenizer.pad_token_id,

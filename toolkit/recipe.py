@@ -37,7 +37,10 @@ class Source:
     split: str = "train"
     revision: str | None = None
     files: str | list[str] | None = None  # paths or globs: txt, json, jsonl, csv, parquet
-    text_column: str = "text"
+    text_column: str = "text"  # data.format text
+    prompt_column: str = "prompt"  # data.format prompt_completion
+    completion_column: str = "completion"
+    messages_column: str = "messages"  # data.format chat: a list of {role, content}
     weight: float = 1.0  # how many times each training document is seen (0.5: half of them)
     limit: int | None = None  # keep at most this many documents (quick looks, tests)
 
@@ -60,7 +63,13 @@ class Data:
     sources: list[Source] = field(default_factory=lambda: [Source(builtin="python-docs")])
     eval_fraction: float = 0.05  # held-out share of the documents, used when eval_sources is empty
     eval_sources: list[Source] = field(default_factory=list)
-    block_size: int = 256
+    block_size: int = 256  # pretraining: the length of every packed row
+    # Fine-tuning: what an example is, how long it may be, and what carries the loss.
+    format: Literal["text", "prompt_completion", "chat"] = "text"
+    max_length: int = 1024
+    too_long: Literal["skip", "error"] = "skip"  # an example over max_length tokens
+    completion_only_loss: bool = True  # loss on completion / assistant tokens only
+    packing: bool = True  # many examples per row, position_ids restarting, no padding
     cleaning: Cleaning = field(default_factory=Cleaning)
     cache_dir: str = "~/.cache/toolkit"
     num_proc: int | None = None
@@ -84,6 +93,17 @@ class Model:
     model_type: str = "llama"  # for a model built from a config: any type AutoConfig knows
     config: dict[str, Any] = field(default_factory=dict)  # overrides of the model config
     attn_implementation: str = "sdpa"
+
+
+@dataclass
+class Lora:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"  # module names, or all-linear
+    merge: bool = False  # also save the base with the adapter merged in, in output_dir/merged
+    quantize_4bit: bool = False  # QLoRA: a 4-bit base (needs a CUDA GPU and bitsandbytes)
 
 
 @dataclass
@@ -127,6 +147,7 @@ class Recipe:
     tokenizer: Tokenizer = field(default_factory=Tokenizer)
     data: Data = field(default_factory=Data)
     training: dict[str, Any] = field(default_factory=dict)
+    lora: Lora = field(default_factory=Lora)
     evaluation: Evaluation = field(default_factory=Evaluation)
     hub: Hub = field(default_factory=Hub)
     path: str | None = field(default=None, compare=False)  # the file it came from
@@ -296,7 +317,8 @@ def build_recipe(raw: dict, origins: _OriginMap, path: str) -> Recipe:
     return recipe
 
 
-_SECTIONS = {"model": Model, "tokenizer": Tokenizer, "data": Data, "training": dict, "evaluation": Evaluation, "hub": Hub}
+_SECTIONS = {"model": Model, "tokenizer": Tokenizer, "data": Data, "training": dict, "lora": Lora, "evaluation": Evaluation,
+             "hub": Hub}
 
 
 def _dotted(keys: tuple) -> str:

@@ -18,6 +18,15 @@ from toolkit.recipe import Recipe
 logger = logging.getLogger("toolkit")
 
 INIT_EVAL_FILE = "init_eval_results.json"
+SAMPLES_BEFORE_FILE = "samples_before.json"
+
+
+def samples(trainer, recipe: Recipe) -> list[dict]:
+    ev = recipe.evaluation
+    return generate_samples(
+        trainer.model, trainer.processing_class, ev.sample_prompts, ev.max_new_tokens, ev.temperature, ev.top_k,
+        seed=recipe.training.get("seed", 42), chat=recipe.data.format == "chat",
+    )
 
 
 def train_and_evaluate(trainer, recipe: Recipe, resume_from: str | None) -> dict:
@@ -33,6 +42,7 @@ def train_and_evaluate(trainer, recipe: Recipe, resume_from: str | None) -> dict
         if init is None:
             init = trainer.evaluate(metric_key_prefix="init_eval")
             if main:
+                write_json(out, SAMPLES_BEFORE_FILE, samples(trainer, recipe))
                 write_json(out, INIT_EVAL_FILE, init)
         results.update(init)
         logger.info("before training: perplexity %.2f", init["init_eval_perplexity"])
@@ -49,15 +59,18 @@ def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started
     if not trainer.is_world_process_zero():
         return
     trainer.save_state()
-    ev = recipe.evaluation
-    samples = generate_samples(
-        trainer.model, trainer.processing_class, ev.sample_prompts, ev.max_new_tokens, ev.temperature, ev.top_k,
-        seed=recipe.training.get("seed", 42),
-    )
+    after = samples(trainer, recipe)
+    before = read_json(out, SAMPLES_BEFORE_FILE) or [{} for _ in after]
+    written = [{"prompt": a["prompt"], "before": b.get("completion"), "completion": a["completion"]}
+               for a, b in zip(after, before)]
+    if recipe.lora.enabled and recipe.lora.merge:
+        merged = trainer.model.merge_and_unload()  # base + adapter as one plain model
+        merged.save_pretrained(out / "merged")
+        trainer.processing_class.save_pretrained(out / "merged")
     results["wall_time_s"] = round(time.time() - started, 1)
     write_json(out, "all_results.json", results)
     write_json(out, "data_stats.json", data_stats)
-    write_json(out, "samples.json", samples)
+    write_json(out, "samples.json", written)
     write_json(out, "run_info.json", {
         "parameters": count_parameters(trainer.model),
         "device": str(trainer.args.device),
@@ -74,7 +87,7 @@ def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started
     lines["perplexity after"] = f"{results['eval_perplexity']:.2f}"
     lines["training steps"] = trainer.state.global_step
     lines["wall time"] = f"{results['wall_time_s']:.0f} s"
-    for s in samples:
+    for s in written:
         lines[f"sample {s['prompt']!r}"] = repr(s["completion"][:120])
     if recipe.hub.push:
         lines["hub"] = push_run(recipe)

@@ -8,7 +8,7 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
-from toolkit.data.packing import CausalCollator
+from toolkit.data.packing import CausalCollator, FlatteningCollator
 from toolkit.evaluation import compute_perplexity, token_nll
 from toolkit.hardware import has_accelerator
 from toolkit.recipe import Recipe, training_arguments
@@ -46,7 +46,7 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
         model=model,
         args=args,
         optimizer_cls_and_kwargs=optimizer,
-        data_collator=CausalCollator(tokenizer.pad_token_id),
+        data_collator=FlatteningCollator() if "position_ids" in train_dataset.column_names else CausalCollator(tokenizer.pad_token_id),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

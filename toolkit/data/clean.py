@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import unicodedata
 
@@ -74,6 +75,9 @@ def clean_corpus(ds: Dataset, cfg: Cleaning, num_proc: int | None = None) -> tup
         ds = ds.filter(lambda b: [predicate(t) for t in b["text"]], batched=True, num_proc=num_proc, desc=f"cleaning: {name}")
         stats[name] = {"documents_removed": before - len(ds)}
 
+    if "text" not in ds.column_names:  # pairs and conversations: only exact duplicates go
+        cfg = Cleaning(unicode_normalization=None, normalize_whitespace=False, min_chars=0,
+                       deduplicate=cfg.deduplicate)
     if cfg.unicode_normalization:
         form = cfg.unicode_normalization
         rewrite("unicode_normalization", lambda t: unicodedata.normalize(form, t))
@@ -98,9 +102,19 @@ def text_hash(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def _hashes(ds: Dataset, num_proc: int | None) -> list[str]:
-    return ds.map(lambda b: {"h": [text_hash(t) for t in b["text"]]}, batched=True, num_proc=num_proc,
-                  remove_columns=ds.column_names, desc="hashing")["h"]
+def example_hashes(ds: Dataset, num_proc: int | None = None) -> list[str]:
+    """One hash per row: of its text, or of the whole example (prompt and completion, messages)."""
+    if len(ds) == 0:
+        return []
+    fields = [c for c in ds.column_names if c != "source"]
+
+    def batch(b):
+        if fields == ["text"]:
+            return {"h": [text_hash(t) for t in b["text"]]}
+        rows = zip(*(b[f] for f in fields))
+        return {"h": [text_hash(json.dumps(r, sort_keys=True, ensure_ascii=False)) for r in rows]}
+
+    return ds.map(batch, batched=True, num_proc=num_proc, remove_columns=ds.column_names, desc="hashing")["h"]
 
 
 def deduplicate(ds: Dataset, num_proc: int | None = None) -> Dataset:
@@ -108,7 +122,7 @@ def deduplicate(ds: Dataset, num_proc: int | None = None) -> Dataset:
     if len(ds) == 0:
         return ds
     seen, keep = set(), []
-    for i, h in enumerate(_hashes(ds, num_proc)):
+    for i, h in enumerate(example_hashes(ds, num_proc)):
         if h not in seen:
             seen.add(h)
             keep.append(i)
@@ -119,7 +133,7 @@ def drop_texts(ds: Dataset, hashes: set[str], num_proc: int | None = None) -> Da
     """Drop every row whose text hashes into `hashes` (evaluation texts out of training)."""
     if len(ds) == 0 or not hashes:
         return ds
-    keep = [i for i, h in enumerate(_hashes(ds, num_proc)) if h not in hashes]
+    keep = [i for i, h in enumerate(example_hashes(ds, num_proc)) if h not in hashes]
     return ds.select(keep) if len(keep) < len(ds) else ds
 
 

@@ -6,6 +6,7 @@ whole token stream is cut once, in Arrow, so at most one partial block is left o
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,10 +72,63 @@ class CausalCollator:
         width = max(lengths)
         ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
+        given = "labels" in rows[0]  # fine-tuning examples bring their own (prompt tokens at -100)
+        labels = np.full((len(rows), width), -100, dtype=np.int64)
         for i, r in enumerate(rows):
             ids[i, : lengths[i]] = r["input_ids"]
             mask[i, : lengths[i]] = 1
-        input_ids = torch.from_numpy(ids)
-        attention_mask = torch.from_numpy(mask)
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            labels[i, : lengths[i]] = r["labels"] if given else r["input_ids"]
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+                "labels": torch.from_numpy(labels)}
+
+
+def pack_examples(ds: Dataset, max_length: int) -> tuple[Dataset, dict]:
+    """Padding-free packing: examples placed whole into rows of at most `max_length` tokens.
+
+    Best-fit decreasing fills rows tightly. Each row carries `position_ids` that restart
+    at every example, from which transformers builds a block-diagonal attention mask (sdpa,
+    flex) or varlen kernels (flash attention): no token attends across examples. The first
+    label of each example is -100, since across the boundary it would be predicted from the
+    previous example's last token.
+    """
+    lengths = [len(x) for x in ds["input_ids"]]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    free: list[tuple[int, int]] = []  # (room left, row), kept sorted
+    rows: list[list[int]] = []
+    for i in order:
+        at = bisect.bisect_left(free, (lengths[i], -1))
+        if at < len(free):
+            room, row = free.pop(at)
+        else:
+            room, row = max_length, len(rows)
+            rows.append([])
+        rows[row].append(i)
+        bisect.insort(free, (room - lengths[i], row))
+    ids, labels = ds["input_ids"], ds["labels"]
+    packed = {"input_ids": [], "labels": [], "position_ids": []}
+    for members in rows:
+        members.sort()  # dataset order inside a row
+        packed["input_ids"].append([t for i in members for t in ids[i]])
+        packed["labels"].append([t for i in members for t in [-100] + list(labels[i][1:])])
+        packed["position_ids"].append([p for i in members for p in range(lengths[i])])
+    tokens = sum(lengths)
+    stats = {"rows": len(rows), "examples": len(lengths), "tokens": tokens,
+             "efficiency": tokens / (len(rows) * max_length) if rows else 0.0}
+    features = Features({k: Sequence(Value("int32")) for k in packed})
+    return Dataset.from_dict(packed, features=features), stats
+
+
+@dataclass
+class FlatteningCollator:
+    """Concatenate a batch of packed rows into one row: no padding anywhere.
+
+    No attention_mask is passed, so the model derives example boundaries from `position_ids`;
+    and no KV cache, since transformers skips that detection when a cache exists (the mask
+    would silently become plain causal, across examples).
+    """
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = {k: torch.tensor([t for r in rows for t in r[k]], dtype=torch.long)[None] for k in
+                 ("input_ids", "labels", "position_ids")}
+        batch["use_cache"] = False
+        return batch

@@ -13,6 +13,7 @@ import importlib
 import inspect
 import io
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -28,11 +29,8 @@ FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv"
 _SKIP_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "lib2to3", "ensurepip", "test"}
 
 
-@functools.lru_cache(maxsize=1)
-def _python_docs() -> tuple[str, ...]:
-    from pydoc_data.topics import topics
-
-    docs = [topics[name] for name in sorted(topics)]
+def _stdlib_objects():
+    """(dotted name, docstring) of every documented public class and function of the standard library."""
     quiet = contextlib.ExitStack()
     with quiet:  # importing every module warns about deprecations and may print
         quiet.enter_context(warnings.catch_warnings())
@@ -46,20 +44,58 @@ def _python_docs() -> tuple[str, ...]:
                 module = importlib.import_module(name)
             except Exception:  # platform-specific modules (winreg, ...) are simply absent here
                 continue
-            docs.append(inspect.getdoc(module) or "")
+            yield name, inspect.getdoc(module) or ""
             for attr, obj in sorted(vars(module).items()):
                 if not attr.startswith("_") and getattr(obj, "__module__", None) == name:
                     if inspect.isclass(obj) or inspect.isfunction(obj):
-                        docs.append(inspect.getdoc(obj) or "")
+                        yield f"{name}.{attr}", inspect.getdoc(obj) or ""
+
+
+@functools.lru_cache(maxsize=1)
+def _python_docs() -> tuple[str, ...]:
+    from pydoc_data.topics import topics
+
+    docs = [topics[name] for name in sorted(topics)] + [doc for _, doc in _stdlib_objects()]
     return tuple(d for d in docs if d.strip())
 
 
-def python_docs() -> list[str]:
+def python_docs() -> dict[str, list[str]]:
     """The Python reference topics and the standard library's docstrings: ~1 MB of real English."""
-    return list(_python_docs())
+    return {"text": list(_python_docs())}
 
 
-BUILTIN_CORPORA = {"python-docs": python_docs}
+_SUMMARY = re.compile(r"^[A-Z][^\n]{15,200}\.$")
+
+
+@functools.lru_cache(maxsize=1)
+def _python_docs_qa() -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for name, doc in _stdlib_objects():
+        # PEP 257: the first line of a docstring is a one-sentence summary of what it does.
+        first = doc.strip().split("\n\n")[0].replace("\n", " ").strip()
+        if "." in name and _SUMMARY.match(first) and "(" not in first.split(" ")[0]:
+            pairs.append((f"What does {name} do in Python?", first))
+    return tuple(pairs)
+
+
+def python_docs_qa() -> dict[str, list]:
+    """Questions on standard-library functions and classes, answered by their docstring summaries."""
+    pairs = _python_docs_qa()
+    return {
+        "prompt": [q for q, _ in pairs],
+        "completion": [a for _, a in pairs],
+        "messages": [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in pairs],
+    }
+
+
+BUILTIN_CORPORA = {"python-docs": python_docs, "python-docs-qa": python_docs_qa}
+
+# The columns each data.format reads, as (Source attribute naming the column, canonical name).
+FORMAT_COLUMNS = {
+    "text": [("text_column", "text")],
+    "prompt_completion": [("prompt_column", "prompt"), ("completion_column", "completion")],
+    "chat": [("messages_column", "messages")],
+}
 
 
 def resolve_files(source: Source) -> list[str]:
@@ -99,12 +135,12 @@ def source_fingerprint(source: Source) -> dict:
     return spec
 
 
-def load_source(source: Source, index: int) -> Dataset:
-    """Load one source as a Dataset of `text` (str) and `source` (int) columns."""
+def load_source(source: Source, index: int, fmt: str = "text") -> Dataset:
+    """Load one source as a Dataset of the format's canonical columns plus `source` (its index)."""
     from datasets import load_dataset
 
     if source.builtin:
-        ds = Dataset.from_dict({"text": BUILTIN_CORPORA[source.builtin]()})
+        ds = Dataset.from_dict(BUILTIN_CORPORA[source.builtin]())
     elif source.files:
         files = resolve_files(source)
         builder = FILE_FORMATS[Path(files[0]).suffix.lower()]
@@ -119,19 +155,26 @@ def load_source(source: Source, index: int) -> Dataset:
         except Exception as err:  # offline, unknown name, wrong config or split
             raise ToolkitError(f"could not load Hub dataset {source.hub!r}: {first_line(err)}") from None
     name = source.builtin or source.hub or source.files
-    if source.text_column not in ds.column_names:
-        raise ToolkitError(
-            f"text column {source.text_column!r} not in {name}; its columns are {', '.join(ds.column_names)}"
-            " (set data.sources[].text_column)"
-        )
+    columns = [(getattr(source, attr), canonical) for attr, canonical in FORMAT_COLUMNS[fmt]]
+    for column, canonical in columns:
+        if column not in ds.column_names:
+            key = next(attr for attr, c in FORMAT_COLUMNS[fmt] if c == canonical)
+            raise ToolkitError(
+                f"{canonical} column {column!r} not in {name}; its columns are {', '.join(ds.column_names)}"
+                f" (set data.sources[].{key})"
+            )
     if source.limit is not None:
         ds = ds.select(range(min(source.limit, len(ds))))
-    ds = ds.select_columns([source.text_column])
-    if source.text_column != "text":
-        ds = ds.rename_column(source.text_column, "text")
-    ds = ds.map(lambda b: {"text": [t if isinstance(t, str) else ("" if t is None else str(t)) for t in b["text"]]}, batched=True)
+    ds = ds.select_columns([c for c, _ in columns])
+    ds = ds.rename_columns({c: canonical for c, canonical in columns if c != canonical})
+    if fmt != "chat":
+        ds = ds.map(lambda b: {k: [_as_text(t) for t in b[k]] for k in b}, batched=True)
     return ds.add_column("source", [index] * len(ds))
 
 
-def load_sources(sources: list[Source]) -> Dataset:
-    return concatenate_datasets([load_source(s, i) for i, s in enumerate(sources)])
+def _as_text(value) -> str:
+    return value if isinstance(value, str) else ("" if value is None else str(value))
+
+
+def load_sources(sources: list[Source], fmt: str = "text") -> Dataset:
+    return concatenate_datasets([load_source(s, i, fmt) for i, s in enumerate(sources)])

@@ -1,8 +1,10 @@
-"""Pretraining data, start to finish: sources, cleaning, held-out split, weights, tokenizer, packing.
+"""Data, start to finish: sources, cleaning, held-out split, weights, then the task's encoding.
 
-The result is cached on disk under a key made of everything that shapes it (sources and
-their file stamps, cleaning, split, tokenizer, block size, seed), so a second run of the
-same recipe, or the other processes of a distributed run, load it instead of redoing it.
+Pretraining ends in packed blocks with a tokenizer (trained or pretrained); fine-tuning
+ends in encoded examples (labels on what is learned), packed padding-free or not. Either
+result is cached on disk under a key made of everything that shapes it (sources and their
+file stamps, cleaning, split, tokenizer, lengths, seed), so a second run of the same
+recipe, or the other processes of a distributed run, load it instead of redoing it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, load_from_disk
 
-from toolkit.data.clean import clean_corpus, drop_texts, log_stats, text_hash
-from toolkit.data.packing import count_tokens, pack, tokenize
+from toolkit.data.clean import clean_corpus, drop_texts, example_hashes, log_stats
+from toolkit.data.packing import count_tokens, pack, pack_examples, tokenize
+from toolkit.data.tasks import encode_examples
 from toolkit.data.sources import check_source, load_sources, source_fingerprint
 from toolkit.errors import ToolkitError
 from toolkit.recipe import Recipe
@@ -32,7 +35,7 @@ CACHE_FORMAT = 1  # bump when the cached layout or the pipeline's output changes
 
 
 @dataclass
-class PretrainingData:
+class PreparedData:
     train: Dataset
     eval: Dataset
     tokenizer: object
@@ -45,21 +48,21 @@ def check_data(recipe: Recipe) -> None:
         check_source(source)
 
 
-def cache_path(recipe: Recipe) -> Path:
+def cache_path(recipe: Recipe, task: str = "pretraining") -> Path:
     data, tok = recipe.data, recipe.tokenizer
+    shaping = {k: v for k, v in asdict(data).items() if k not in ("sources", "eval_sources", "cache_dir", "num_proc")}
     spec = {
-        "format": CACHE_FORMAT,
+        "cache_format": CACHE_FORMAT,
+        "task": task,
         "sources": [source_fingerprint(s) for s in data.sources],
         "eval_sources": [source_fingerprint(s) for s in data.eval_sources],
-        "eval_fraction": data.eval_fraction,
-        "cleaning": asdict(data.cleaning),
-        "block_size": data.block_size,
+        "data": shaping,
         "tokenizer": asdict(tok),
         "tokenizer_from": _tokenizer_stamp(*pretrained_tokenizer_name(tok, recipe.model)),
         "seed": recipe.training.get("seed"),
     }
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path(os.path.expanduser(data.cache_dir)) / "pretraining" / key
+    return Path(os.path.expanduser(data.cache_dir)) / task / key
 
 
 def _tokenizer_stamp(name: str | None, revision: str | None):
@@ -70,32 +73,42 @@ def _tokenizer_stamp(name: str | None, revision: str | None):
     return [name, revision]
 
 
-def prepare_pretraining_data(recipe: Recipe) -> PretrainingData:
-    """Load the packed data from the cache, or build it and store it there."""
-    path = cache_path(recipe)
+def prepare_pretraining_data(recipe: Recipe) -> PreparedData:
+    """Packed blocks and their tokenizer, from the cache or built and stored there."""
+    return _cached(recipe, "pretraining", lambda: _build_pretraining(recipe))
+
+
+def prepare_finetuning_data(recipe: Recipe, tokenizer) -> PreparedData:
+    """Encoded (and, by default, packed) examples for the model's own tokenizer."""
+    return _cached(recipe, "finetuning", lambda: _build_finetuning(recipe, tokenizer))
+
+
+def _cached(recipe: Recipe, task: str, build) -> PreparedData:
+    path = cache_path(recipe, task)
     if (path / "stats.json").is_file():
         return _load(path)
-    built = _build(recipe)
+    built = build()
     _store(built, path)
     built.stats["cache"] = str(path)
     return built
 
 
-def _load(path: Path) -> PretrainingData:
+def _load(path: Path) -> PreparedData:
     from transformers import AutoTokenizer
 
     stats = json.loads((path / "stats.json").read_text())
     stats.update(from_cache=True, cache=str(path))
-    logger.info("data: loaded from cache %s (%s train tokens)", path, f"{stats['train_tokens']:,}")
-    return PretrainingData(
-        train=load_from_disk(str(path / "train")),
+    train = load_from_disk(str(path / "train"))
+    logger.info("data: loaded from cache %s (%s training rows)", path, f"{len(train):,}")
+    return PreparedData(
+        train=train,
         eval=load_from_disk(str(path / "eval")),
         tokenizer=AutoTokenizer.from_pretrained(str(path / "tokenizer")),
         stats=stats,
     )
 
 
-def _store(data: PretrainingData, path: Path) -> None:
+def _store(data: PreparedData, path: Path) -> None:
     """Write to a temporary folder, then rename: a killed run never leaves a half cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
@@ -111,18 +124,19 @@ def _store(data: PretrainingData, path: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _build(recipe: Recipe) -> PretrainingData:
+def split_corpus(recipe: Recipe, fmt: str = "text") -> tuple[Dataset, Dataset, dict]:
+    """Load, clean, hold out and weight: (train, held_out, stats), documents or examples."""
     data, seed = recipe.data, recipe.training.get("seed", 42)
     num_proc = data.num_proc
     logger.info("data: loading %d source(s)", len(data.sources))
-    corpus = load_sources(data.sources)
+    corpus = load_sources(data.sources, fmt)
     corpus, cleaning = clean_corpus(corpus, data.cleaning, num_proc)
     logger.info("data: cleaning")
     log_stats(cleaning, logger.info)
     stats = {"cleaning": cleaning}
 
     if data.eval_sources:
-        held_out = load_sources(data.eval_sources)
+        held_out = load_sources(data.eval_sources, fmt)
         held_out, stats["eval_cleaning"] = clean_corpus(held_out, data.cleaning, num_proc)
         train = corpus
     else:
@@ -136,7 +150,7 @@ def _build(recipe: Recipe) -> PretrainingData:
         train, held_out = split["train"], split["test"]
     # Decontaminate: no evaluation text may also be a training text (even with dedup off).
     before = len(train)
-    train = drop_texts(train, {text_hash(t) for t in held_out["text"]}, num_proc)
+    train = drop_texts(train, set(example_hashes(held_out, num_proc)), num_proc)
     stats["removed_as_eval_duplicates"] = before - len(train)
     if len(train) == 0 or len(held_out) == 0:
         side = "training" if len(train) == 0 else "evaluation"
@@ -148,6 +162,13 @@ def _build(recipe: Recipe) -> PretrainingData:
         "eval": len(held_out),
         "train_per_source": np.bincount(train["source"], minlength=len(data.sources)).tolist(),
     }
+    return train, held_out, stats
+
+
+def _build_pretraining(recipe: Recipe) -> PreparedData:
+    data = recipe.data
+    num_proc = data.num_proc
+    train, held_out, stats = split_corpus(recipe)
 
     name, revision = pretrained_tokenizer_name(recipe.tokenizer, recipe.model)
     if name:
@@ -181,7 +202,7 @@ def _build(recipe: Recipe) -> PretrainingData:
         "data: %s train tokens in %s blocks of %d (%s dropped at the end), %s eval tokens",
         f"{train_tokens:,}", f"{len(train_blocks):,}", data.block_size, f"{dropped:,}", f"{stats['eval_tokens']:,}",
     )
-    return PretrainingData(train_blocks, eval_blocks, tokenizer, stats)
+    return PreparedData(train_blocks, eval_blocks, tokenizer, stats)
 
 
 def apply_weights(ds: Dataset, weights: list[float], seed: int) -> Dataset:
@@ -201,3 +222,33 @@ def apply_weights(ds: Dataset, weights: list[float], seed: int) -> Dataset:
 def _batches(ds: Dataset, size: int = 1000):
     for start in range(0, len(ds), size):
         yield from ds[start : start + size]["text"]
+
+
+def _build_finetuning(recipe: Recipe, tokenizer) -> PreparedData:
+    """Plain text is packed into blocks as in pretraining; pairs and chats are encoded per example."""
+    data = recipe.data
+    if data.format == "text":
+        train, held_out, stats = split_corpus(recipe)
+        blocks = [pack(tokenize(part, tokenizer, data.num_proc), data.max_length, keep_tail=keep)
+                  for part, keep in ((train, False), (held_out, True))]
+        stats.update(train_blocks=len(blocks[0][0]), eval_blocks=len(blocks[1][0]), block_size=data.max_length)
+        return PreparedData(blocks[0][0], blocks[1][0], tokenizer, {**stats, "from_cache": False})
+    train, held_out, stats = split_corpus(recipe, data.format)
+    encoded = {}
+    for name, part in (("train", train), ("eval", held_out)):
+        encoded[name], stats[f"{name}_encoding"] = encode_examples(
+            part, tokenizer, data.format, data.max_length, data.too_long, data.completion_only_loss, data.num_proc
+        )
+        if len(encoded[name]) == 0:
+            raise ToolkitError(f"no {name} example fits in data.max_length={data.max_length} tokens; raise it")
+        if stats[f"{name}_encoding"]["skipped_too_long"]:
+            logger.info("data: skipped %d %s examples longer than %d tokens",
+                        stats[f"{name}_encoding"]["skipped_too_long"], name, data.max_length)
+        if data.packing:
+            encoded[name], stats[f"{name}_packing"] = pack_examples(encoded[name], data.max_length)
+    if data.packing:
+        p = stats["train_packing"]
+        logger.info("data: packed %d examples into %d rows of up to %d tokens; packing efficiency %.1f%%"
+                    " (real tokens / slots)", p["examples"], p["rows"], data.max_length, 100 * p["efficiency"])
+    stats["from_cache"] = False
+    return PreparedData(encoded["train"], encoded["eval"], tokenizer, stats)

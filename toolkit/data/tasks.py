@@ -1,0 +1,115 @@
+"""Encode examples for fine-tuning: token ids and labels, loss only where the model should learn.
+
+prompt/completion: the prompt carries label -100, the completion and its EOS are learned.
+chat: rendered with the tokenizer's chat template; assistant turns (with the template's
+end-of-turn token) are learned, everything else is -100.
+"""
+
+from __future__ import annotations
+
+from datasets import Dataset, Features, Sequence, Value
+
+from toolkit.errors import ToolkitError, first_line
+
+IGNORE = -100
+ROLES = ("system", "user", "assistant")
+
+# For tokenizers without a template of their own: ChatML turns, each closed by the EOS
+# token, so that the model learns to stop after its answer.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+
+
+def encode_prompt_completion(prompt: str, completion: str, tokenizer, completion_only_loss: bool):
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id not in (None, tokenizer.eos_token_id) else []
+    p = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    labels = ([IGNORE] * len(p) if completion_only_loss else list(p)) + c
+    return p + c, labels
+
+
+def check_conversation(messages, where: str) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise ToolkitError(f"{where}: a conversation is a non-empty list of {{role, content}} messages")
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ToolkitError(
+                f"{where}: every message needs a role ({', '.join(ROLES)}) and a text content; got {str(m)[:80]}"
+            )
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ToolkitError(f"{where}: the conversation has no assistant message, so nothing to learn")
+
+
+def render_chat(messages, tokenizer, where: str, add_generation_prompt: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as err:  # the template's own checks, e.g. roles that must alternate
+        raise ToolkitError(f"{where}: the chat template refused the conversation: {first_line(err)}") from None
+
+
+def encode_chat(messages, tokenizer, completion_only_loss: bool, where: str = "conversation"):
+    """Render the whole conversation once; mark assistant turns by rendering the prefixes around them."""
+    check_conversation(messages, where)
+    text = render_chat(messages, tokenizer, where)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            start = len(render_chat(messages[:i], tokenizer, where, add_generation_prompt=True)) if i else 0
+            end = len(render_chat(messages[: i + 1], tokenizer, where))
+            if not text.startswith(render_chat(messages[: i + 1], tokenizer, where)):
+                raise ToolkitError(f"{where}: the chat template renders a conversation differently from its beginning;"
+                                   " set data.completion_only_loss=false or use another template")
+            spans.append((start, end))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    if not completion_only_loss:
+        return ids, list(ids)
+    labels = [
+        tok if any(s <= a < e for s, e in spans) else IGNORE
+        for tok, (a, _) in zip(ids, enc["offset_mapping"])
+    ]
+    return ids, labels
+
+
+def encode_examples(ds: Dataset, tokenizer, fmt: str, max_length: int, too_long: str, completion_only_loss: bool,
+                    num_proc: int | None = None) -> tuple[Dataset, dict]:
+    """Token ids and labels for every example; over-long examples skipped (counted) or refused."""
+    if fmt == "chat":
+        ensure_chat_template(tokenizer)
+
+    def encode(batch, indices):
+        out = {"input_ids": [], "labels": [], "too_long": []}
+        for n, i in enumerate(indices):
+            where = f"example {i}"
+            if fmt == "chat":
+                ids, labels = encode_chat(batch["messages"][n], tokenizer, completion_only_loss, where)
+            else:
+                ids, labels = encode_prompt_completion(batch["prompt"][n], batch["completion"][n], tokenizer,
+                                                       completion_only_loss)
+            over = len(ids) > max_length
+            if over and too_long == "error":
+                raise ToolkitError(f"{where} has {len(ids)} tokens, more than data.max_length={max_length};"
+                                   " raise data.max_length or set data.too_long=skip")
+            out["input_ids"].append(ids)
+            out["labels"].append(labels)
+            out["too_long"].append(over)
+        return out
+
+    encoded = ds.map(
+        encode, batched=True, with_indices=True, num_proc=num_proc, remove_columns=ds.column_names, desc="encoding",
+        features=Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
+                           "too_long": Value("bool")}),
+    )
+    skipped = int(sum(encoded["too_long"]))
+    encoded = encoded.filter(lambda b: [not t for t in b["too_long"]], batched=True).remove_columns("too_long")
+    learned = sum(sum(1 for t in row if t != IGNORE) for row in encoded["labels"])
+    return encoded, {"examples": len(encoded), "skipped_too_long": skipped, "learned_tokens": learned}
