@@ -9,7 +9,8 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tests.conftest import ROOT
-from toolkit.data.packing import CausalCollator, FlatteningCollator, pack_examples
+from toolkit.data.packing import CausalCollator, FlatteningCollator, PackedRowsCollator, pack_examples
+from toolkit.evaluation import token_nll
 from toolkit.data.tasks import IGNORE, encode_chat, encode_examples, encode_prompt_completion, ensure_chat_template
 from toolkit.errors import ToolkitError
 from toolkit.modeling import apply_lora, linear_module_names
@@ -65,6 +66,24 @@ def test_chat_with_a_real_template_and_pad_equal_to_eos(smollm2):
     assert real.decode(learned(ids, labels)).startswith("Hello there.<|im_end|>")
     batch = CausalCollator(real.pad_token_id)([{"input_ids": ids, "labels": labels}, {"input_ids": ids[:5], "labels": labels[:5]}])
     assert (batch["labels"][0] == real.eos_token_id).sum() == 1  # EOS kept in the loss despite pad == eos
+    # A conversation that opens with the assistant: the injected system prompt and headers stay context.
+    opening = [{"role": "assistant", "content": "Hi! How can I help?"}, {"role": "user", "content": "Hi?"},
+               {"role": "assistant", "content": "Hello there."}]
+    ids, labels = encode_chat(opening, real, completion_only_loss=True)
+    text = real.decode(learned(ids, labels))
+    assert "SmolLM" not in text and "<|im_start|>" not in text
+    assert "Hi! How can I help?" in text and "Hello there." in text
+
+
+def test_an_answer_token_that_starts_in_the_header_is_learned(tok):
+    spaced = copy.copy(tok)
+    spaced.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ 'User: ' + m['content'] + '\n' }}"
+                            "{% else %}{{ 'Assistant: ' + m['content'] + eos_token + '\n' }}{% endif %}{% endfor %}"
+                            "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}")
+    messages = [{"role": "user", "content": "Two plus two?"}, {"role": "assistant", "content": "four"}]
+    ids, labels = encode_chat(messages, spaced, completion_only_loss=True)
+    # Byte-level BPE glues the header's space to "four": that token must still be learned.
+    assert spaced.decode(learned(ids, labels)).strip().startswith("four")
 
 
 @pytest.mark.parametrize("messages, message", [
@@ -133,6 +152,25 @@ def test_packed_rows_give_the_same_per_example_losses_as_unpacked(attn):
     unpacked = per_example_losses_unpacked(model, rows)
     for r, expected in zip(rows, unpacked):
         assert packed_losses[tuple(r["input_ids"])] == pytest.approx(expected, abs=1e-5)
+    # The model's own loss over the packed row scores exactly the unpacked tokens: nothing
+    # is predicted across a boundary (each example's first label is -100).
+    with torch.no_grad():
+        packed_loss = model(**batch).loss.item()
+    predicted = sum(sum(1 for t in r["labels"][1:] if t != IGNORE) for r in rows)
+    assert packed_loss == pytest.approx(sum(unpacked) / predicted, abs=1e-5)
+
+
+def test_evaluation_batches_keep_one_row_per_packed_row_and_score_the_same():
+    model = tiny_model()
+    rows = examples(8)
+    packed, _ = pack_examples(Dataset.from_dict({k: [r[k] for r in rows] for k in ("input_ids", "labels")}), 24)
+    batch = PackedRowsCollator(pad_token_id=0)([packed[i] for i in range(len(packed))])
+    assert batch["input_ids"].shape[0] == len(packed)  # gathering across processes trims by these rows
+    flat = FlatteningCollator()([packed[i] for i in range(len(packed))])
+    with torch.no_grad():
+        rows_nll = token_nll(model(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"])
+        flat_nll = token_nll(model(**{k: v for k, v in flat.items() if k != "labels"}).logits, flat["labels"])
+    assert rows_nll.sum(0).tolist() == pytest.approx(flat_nll.sum(0).tolist(), abs=1e-4)
 
 
 def test_no_attention_crosses_an_example_boundary():

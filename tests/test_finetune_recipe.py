@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import run_finetune, write_recipe
@@ -47,6 +48,7 @@ def test_resume_from_a_checkpoint_with_lora(tiny_base, tmp_path):
     first = run_finetune("--config", str(path))
     assert first.returncode == 0, first.stderr[-3000:]
     out = tmp_path / "out"
+    uninterrupted = load_file(out / "adapter_model.safetensors")
     shutil.rmtree(out / "checkpoint-4")
     shutil.rmtree(out / "merged")
     for leftover in out.iterdir():
@@ -56,7 +58,13 @@ def test_resume_from_a_checkpoint_with_lora(tiny_base, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout and "checkpoint-2" in resumed.stdout
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
-    assert (out / "adapter_model.safetensors").is_file()
+    resumed_adapter = load_file(out / "adapter_model.safetensors")
+    at_checkpoint = load_file(out / "checkpoint-2" / "adapter_model.safetensors")
+    # The restored adapter trained on from step 2, exactly as the uninterrupted run did.
+    assert resumed_adapter.keys() == uninterrupted.keys()
+    for name, weight in uninterrupted.items():
+        assert torch.allclose(resumed_adapter[name], weight, atol=1e-6), name
+    assert any(not torch.equal(resumed_adapter[n], at_checkpoint[n]) for n in at_checkpoint)
 
 
 def test_real_gguf_model_converts_and_loads(smollm2):
@@ -75,7 +83,9 @@ def test_real_gguf_model_converts_and_loads(smollm2):
     ({"model": {"name_or_path": "/nonexistent/model"}}, "model path not found: /nonexistent/model"),
     ({"model": {"name_or_path": "./missing/SmolLM2.gguf"}}, "GGUF file not found"),
     ({"lora": {"enabled": True, "target_modules": ["c_attn"]}}, "LoRA target module 'c_attn' is not in the model; its linear modules are"),
-    ({"lora": {"enabled": True, "quantize_4bit": True}}, "QLoRA) needs a CUDA GPU"),
+    pytest.param({"lora": {"enabled": True, "quantize_4bit": True}}, "QLoRA) needs a CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+    ({"lora": {"enabled": False, "quantize_4bit": True}}, "lora.quantize_4bit needs lora.enabled=true"),
     ({"data": {"max_length": 8, "too_long": "error"}}, "more than data.max_length=8"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny_base, tmp_path, change, message):
@@ -95,3 +105,23 @@ def test_conversation_without_an_assistant_is_refused(tiny_base, tmp_path):
     result = run_finetune("--config", str(write_recipe(tmp_path, r)))
     assert_refused(result, "no assistant message")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt, lora", [("prompt_completion", False), ("text", True)])
+def test_full_fine_tuning_and_other_formats(tiny_base, tmp_path, fmt, lora):
+    r = recipe(tiny_base, tmp_path, save_strategy="no")
+    r["lora"] = {"enabled": lora}
+    r["data"]["format"] = fmt
+    if fmt == "text":  # continued pretraining on plain text, cut into max_length blocks
+        r["data"]["sources"] = [{"builtin": "python-docs", "limit": 60}]
+    result = run_finetune("--config", str(write_recipe(tmp_path, r)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    if lora:
+        assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+    else:  # full fine-tuning: every weight may move, and a whole model is saved
+        tuned = AutoModelForCausalLM.from_pretrained(out)
+        base = AutoModelForCausalLM.from_pretrained(tiny_base)
+        assert not torch.equal(tuned.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["eval_perplexity"] < results["init_eval_perplexity"]

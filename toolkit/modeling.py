@@ -180,6 +180,8 @@ def _convert_gguf(path: Path, cache: Path) -> Path:
 def check_lora(spec: Lora) -> None:
     """QLoRA needs a CUDA GPU and bitsandbytes; say so before any work."""
     if spec.quantize_4bit:
+        if not spec.enabled:
+            raise ToolkitError("lora.quantize_4bit needs lora.enabled=true: a 4-bit base trains only through adapters")
         if not torch.cuda.is_available():
             raise ToolkitError("lora.quantize_4bit (QLoRA) needs a CUDA GPU and there is none; set lora.quantize_4bit=false")
         if importlib.util.find_spec("bitsandbytes") is None:

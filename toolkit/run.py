@@ -64,7 +64,11 @@ def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started
     written = [{"prompt": a["prompt"], "before": b.get("completion"), "completion": a["completion"]}
                for a, b in zip(after, before)]
     if recipe.lora.enabled and recipe.lora.merge:
-        merged = trainer.model.merge_and_unload()  # base + adapter as one plain model
+        # From the saved adapter onto a freshly loaded float base: exact even after QLoRA,
+        # whose 4-bit layers would re-quantise a merge; trainer.model is left as it is.
+        from peft import AutoPeftModelForCausalLM
+
+        merged = AutoPeftModelForCausalLM.from_pretrained(out, dtype=torch.float32).merge_and_unload()
         merged.save_pretrained(out / "merged")
         trainer.processing_class.save_pretrained(out / "merged")
     results["wall_time_s"] = round(time.time() - started, 1)

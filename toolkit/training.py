@@ -8,7 +8,7 @@ import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 
-from toolkit.data.packing import CausalCollator, FlatteningCollator
+from toolkit.data.packing import CausalCollator, FlatteningCollator, PackedRowsCollator
 from toolkit.evaluation import compute_perplexity, token_nll
 from toolkit.hardware import has_accelerator
 from toolkit.recipe import Recipe, training_arguments
@@ -23,6 +23,20 @@ class CausalLMTrainer(Trainer):
     which over-weights short batches; the metric below sums over tokens instead, and the
     logs, early stopping and best-model choice all see that figure.
     """
+
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Evaluation may batch differently from training (packed rows kept apart, see packing.py)."""
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
 
     def evaluation_loop(self, *args, metric_key_prefix: str = "eval", **kwargs):
         output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)
@@ -42,11 +56,13 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
         callbacks.append(
             EarlyStoppingCallback(recipe.evaluation.early_stopping_patience, recipe.evaluation.early_stopping_threshold)
         )
+    packed = "position_ids" in train_dataset.column_names
     trainer = CausalLMTrainer(
         model=model,
         args=args,
         optimizer_cls_and_kwargs=optimizer,
-        data_collator=FlatteningCollator() if "position_ids" in train_dataset.column_names else CausalCollator(tokenizer.pad_token_id),
+        data_collator=FlatteningCollator() if packed else CausalCollator(tokenizer.pad_token_id),
+        eval_data_collator=PackedRowsCollator(tokenizer.pad_token_id) if packed else None,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

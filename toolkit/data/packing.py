@@ -132,3 +132,25 @@ class FlatteningCollator:
                  ("input_ids", "labels", "position_ids")}
         batch["use_cache"] = False
         return batch
+
+
+@dataclass
+class PackedRowsCollator:
+    """For evaluation: one batch row per packed row, so that multi-process gathering (which
+    trims by dataset rows) counts every token once. Rows are padded at the end with a
+    segment of their own (positions restart, labels -100): no real token attends to it.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict]) -> dict:
+        width = max(len(r["input_ids"]) for r in rows)
+        batch = {"input_ids": [], "labels": [], "position_ids": []}
+        for r in rows:
+            pad = width - len(r["input_ids"])
+            batch["input_ids"].append(list(r["input_ids"]) + [self.pad_token_id] * pad)
+            batch["labels"].append(list(r["labels"]) + [-100] * pad)
+            batch["position_ids"].append(list(r["position_ids"]) + list(range(pad)))
+        batch = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        batch["use_cache"] = False
+        return batch

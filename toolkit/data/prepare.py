@@ -68,7 +68,8 @@ def cache_path(recipe: Recipe, task: str = "pretraining") -> Path:
 def _tokenizer_stamp(name: str | None, revision: str | None):
     """A pretrained tokenizer's identity: name and revision, plus file times for a local folder."""
     if name and Path(name).is_dir():
-        files = sorted(p for p in Path(name).iterdir() if p.is_file() and "token" in p.name)
+        weights = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+        files = sorted(p for p in Path(name).rglob("*") if p.is_file() and not p.name.endswith(weights))
         return [name, revision, [(p.name, p.stat().st_size, p.stat().st_mtime) for p in files]]
     return [name, revision]
 

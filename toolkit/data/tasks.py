@@ -63,19 +63,24 @@ def encode_chat(messages, tokenizer, completion_only_loss: bool, where: str = "c
     spans = []
     for i, m in enumerate(messages):
         if m["role"] == "assistant":
-            start = len(render_chat(messages[:i], tokenizer, where, add_generation_prompt=True)) if i else 0
-            end = len(render_chat(messages[: i + 1], tokenizer, where))
-            if not text.startswith(render_chat(messages[: i + 1], tokenizer, where)):
+            # Everything the template puts before the answer (system prompt, headers) is context.
+            through = render_chat(messages[: i + 1], tokenizer, where)
+            if i:
+                before = render_chat(messages[:i], tokenizer, where, add_generation_prompt=True)
+            else:  # templates refuse an empty conversation: the answer starts where its text does
+                before = through[: through.rfind(m["content"])]
+            if not (text.startswith(before) and text.startswith(through)):
                 raise ToolkitError(f"{where}: the chat template renders a conversation differently from its beginning;"
                                    " set data.completion_only_loss=false or use another template")
-            spans.append((start, end))
+            spans.append((len(before), len(through)))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     if not completion_only_loss:
         return ids, list(ids)
+    # A token that overlaps an answer is learned, even if it starts in the header (a shared space).
     labels = [
-        tok if any(s <= a < e for s, e in spans) else IGNORE
-        for tok, (a, _) in zip(ids, enc["offset_mapping"])
+        tok if any(a < e and b > s for s, e in spans) else IGNORE
+        for tok, (a, b) in zip(ids, enc["offset_mapping"])
     ]
     return ids, labels
 
