@@ -114,14 +114,8 @@ def count_parameters(model) -> int:
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 
 
-def resolve_pretrained(spec: Model, cache_dir: str):
-    """The model spec to load from: `package:` paths found, GGUF files converted once to safetensors.
-
-    A path that names a local file or folder must exist; anything else is taken for a Hub id.
-    """
-    name = spec.name_or_path
-    if not name:
-        return spec
+def locate_pretrained(name: str) -> str:
+    """Where a pretrained model is: `package:` paths found, local paths checked; else a Hub id."""
     if name.startswith("package:"):
         name = _package_file(name)
     if name.startswith(_LOCAL_PREFIXES) or name.endswith(".gguf"):
@@ -130,6 +124,14 @@ def resolve_pretrained(spec: Model, cache_dir: str):
             kind = "GGUF file" if name.endswith(".gguf") else "model path"
             raise ToolkitError(f"{kind} not found: {path} (check model.name_or_path)")
         name = str(path)
+    return name
+
+
+def resolve_pretrained(spec: Model, cache_dir: str):
+    """The model spec to load from: located (see above), and a GGUF file converted once to safetensors."""
+    if not spec.name_or_path:
+        return spec
+    name = locate_pretrained(spec.name_or_path)
     if name.endswith(".gguf"):
         name = str(_convert_gguf(Path(name), Path(os.path.expanduser(cache_dir)) / "gguf"))
     return dataclasses.replace(spec, name_or_path=name)

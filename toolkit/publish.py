@@ -1,29 +1,285 @@
-"""Publishing a finished run to the Hugging Face Hub."""
+"""Publishing a run: training-curve plots, a model card in the Hub's format, and the push.
+
+Everything here reads the files a run left in its output directory, so `toolkit report`
+and `toolkit push` can redo it later for any finished run.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import logging
+from pathlib import Path
 
-from toolkit.errors import first_line
-from toolkit.recipe import Recipe
+import yaml
+from transformers import TrainerCallback
+
+from toolkit.errors import ToolkitError, first_line
+from toolkit.outputs import FINAL_FILE, RECIPE_FILE, read_json
 
 logger = logging.getLogger("toolkit")
 
+PLOT_FILE = "training_curves.png"
+CARD_FILE = "README.md"
 
-def push_run(recipe: Recipe) -> str:
-    """Upload the output folder (checkpoints left out); on failure, say how to push later.
+# What a pushed repository holds: the model, its tokenizer, the card and the run's record.
+# Checkpoints, TensorBoard logs and pickled arguments stay local.
+PUSHED = ["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "README.md", "recipe.yaml", PLOT_FILE,
+          "merged/*"]
+NOT_PUSHED = ["checkpoint-*", "runs/*", "*.bin", "*.pt", "*.pth", ".*"]
+
+
+def check_run_dir(folder: Path) -> Path:
+    folder = Path(folder)
+    if not (folder / RECIPE_FILE).is_file() or not (folder / FINAL_FILE).is_file():
+        raise ToolkitError(f"{folder} is no finished toolkit run (no {RECIPE_FILE} and {FINAL_FILE} there)")
+    return folder
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_training(folder: Path) -> Path | None:
+    """Loss, evaluation loss and perplexity, and learning rate against steps, from trainer_state.json."""
+    state = read_json(folder, "trainer_state.json")
+    if not state or not state.get("log_history"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    history = state["log_history"]
+    series = {
+        key: [(h["step"], h[key]) for h in history if key in h and "step" in h]
+        for key in ("loss", "eval_loss", "eval_perplexity", "learning_rate")
+    }
+    init = read_json(folder, "init_eval_results.json") or {}
+    for key in ("eval_loss", "eval_perplexity"):
+        if f"init_{key}" in init:
+            series[key].insert(0, (0, init[f"init_{key}"]))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    loss_ax, ppl_ax, lr_ax = axes
+    for key, label in (("loss", "training loss"), ("eval_loss", "evaluation loss")):
+        if series[key]:
+            loss_ax.plot(*zip(*series[key]), marker="." if key == "eval_loss" else None, label=label)
+    loss_ax.set(title="Loss (nats per token)", xlabel="step")
+    loss_ax.legend()
+    if series["eval_perplexity"]:
+        ppl_ax.plot(*zip(*series["eval_perplexity"]), marker="o")
+        ppl_ax.set_yscale("log")
+    ppl_ax.set(title="Evaluation perplexity", xlabel="step")
+    if series["learning_rate"]:
+        lr_ax.plot(*zip(*series["learning_rate"]))
+    lr_ax.set(title="Learning rate", xlabel="step")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(folder) / PLOT_FILE
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def write_model_card(folder: Path) -> Path:
+    """README.md in the Hub's format: metadata (with model-index) and a description of the run."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    folder = check_run_dir(folder)
+    recipe = yaml.safe_load((folder / RECIPE_FILE).read_text())
+    results = read_json(folder, FINAL_FILE) or {}
+    stats = read_json(folder, "data_stats.json") or {}
+    info = read_json(folder, "run_info.json") or {}
+    everything = read_json(folder, "all_results.json") or {}
+    samples = read_json(folder, "samples.json") or []
+    hub = recipe.get("hub", {})
+    model, lora = recipe.get("model", {}), recipe.get("lora", {})
+    base = model.get("name_or_path")
+    fine_tuned = bool(base)
+    name = (hub.get("model_id") or folder.name).split("/")[-1]
+    hub_datasets = [s["hub"] for s in recipe["data"]["sources"] if s.get("hub")]
+
+    eval_results = []
+    if "eval_perplexity" in results:
+        dataset_name = ", ".join(_source_name(s) for s in recipe["data"]["sources"]) + " (held-out split)"
+        eval_results.append(EvalResult(
+            task_type="text-generation", task_name="Causal language modeling",
+            dataset_type=hub_datasets[0] if hub_datasets else "held-out", dataset_name=dataset_name,
+            metric_type="perplexity", metric_name="Perplexity", metric_value=round(results["eval_perplexity"], 4),
+        ))
+    tags = ["toolkit", "text-generation", "fine-tuned" if fine_tuned else "pretrained-from-scratch"]
+    if lora.get("enabled"):
+        tags.append("lora")
+    data = ModelCardData(
+        model_name=name,
+        license=hub.get("license", "apache-2.0"),
+        language=hub.get("language", ["en"]),
+        library_name="peft" if lora.get("enabled") else "transformers",
+        tags=tags,
+        datasets=hub_datasets or None,
+        base_model=base if fine_tuned and _looks_like_hub_id(base) else None,
+        pipeline_tag="text-generation",
+        eval_results=eval_results or None,
+    )
+    body = _card_body(name, recipe, results, stats, info, everything, samples, folder)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    path = folder / CARD_FILE
+    card.save(path)
+    return path
+
+
+def _source_name(source: dict) -> str:
+    if source.get("builtin"):
+        return f"built-in corpus {source['builtin']}"
+    if source.get("hub"):
+        return f"{source['hub']}" + (f" ({source['config']})" if source.get("config") else "")
+    files = source.get("files")
+    return "local files " + (files if isinstance(files, str) else ", ".join(files))
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not name.endswith(".gguf") and not Path(name).exists()
+
+
+def _card_body(name, recipe, results, stats, info, everything, samples, folder) -> str:
+    model, lora, training = recipe["model"], recipe.get("lora", {}), recipe["training"]
+    base = model.get("name_or_path")
+    what = (f"fine-tuned from `{base}`" + (" with LoRA" if lora.get("enabled") else "") if base
+            else f"a {model.get('model_type')} model trained from scratch")
+    lines = [f"# {name}", "", f"A causal language model, {what}, with toolkit, from one YAML recipe.", ""]
+
+    lines += ["## Evaluation", "", "Perplexity on the held-out split: exp(total cross-entropy / predicted tokens).", "",
+              "| | before training | after training |", "|---|---|---|"]
+    if "eval_perplexity" in results:
+        lines.append(f"| perplexity | {_fmt(results.get('init_eval_perplexity'))} | {_fmt(results['eval_perplexity'])} |")
+        lines.append(f"| loss (nats per token) | {_fmt(results.get('init_eval_loss'))} | {_fmt(results.get('eval_loss'))} |")
+        lines.append(f"| evaluation tokens | {results.get('init_eval_tokens', '')} | {results.get('eval_tokens', '')} |")
+    lines.append("")
+    if (folder / PLOT_FILE).is_file():
+        lines += [f"![Training curves]({PLOT_FILE})", ""]
+
+    lines += ["## Data", ""]
+    for source in recipe["data"]["sources"]:
+        lines.append(f"- {_source_name(source)}, weight {source.get('weight', 1.0)}")
+    docs = stats.get("documents", {})
+    if docs:
+        lines.append(f"- documents: {docs.get('train', 0):,} for training, {docs.get('eval', 0):,} held out")
+    if "train_tokens" in stats:
+        lines.append(f"- tokens: {stats['train_tokens']:,} for training, {stats.get('eval_tokens', 0):,} held out,"
+                     f" in blocks of {stats.get('block_size')}")
+    if "train_packing" in stats:
+        p = stats["train_packing"]
+        lines.append(f"- packing: {p['examples']:,} examples in {p['rows']:,} rows, efficiency {100 * p['efficiency']:.1f}%")
+    cleaning = stats.get("cleaning", {})
+    if cleaning:
+        steps = "; ".join(f"{k.replace('_', ' ')}: " + ", ".join(f"{n:,} {m.replace('_', ' ')}" for m, n in v.items())
+                          for k, v in cleaning.items() if isinstance(v, dict))
+        lines.append(f"- cleaning ({cleaning.get('documents_in', 0):,} documents in, {cleaning.get('documents_out', 0):,} kept): {steps}")
+    lines.append("")
+
+    runtime = everything.get("train_runtime")
+    tokens = everything.get("train_tokens_seen")
+    lines += ["## Training", "",
+              f"- hardware: {info.get('cuda') or 'CPU'} x {info.get('world_size', 1)} ({info.get('platform', '')})",
+              f"- parameters: {info.get('parameters', 0):,}"
+              + (f", of which trained (LoRA r={lora.get('r')}): {info['trainable_parameters']:,}" if lora.get("enabled") and "trainable_parameters" in info else ""),
+              f"- steps: {(read_json(folder, 'trainer_state.json') or {}).get('global_step', '')}, learning rate {training.get('learning_rate', '')}, optimizer {training.get('optim', 'adamw_torch')}"]
+    if runtime:
+        lines.append(f"- training time: {runtime:.0f} s" + (f", {tokens / runtime:,.0f} tokens/s" if tokens else ""))
+    if everything.get("mfu") is not None:
+        lines.append(f"- model FLOPs utilisation: {100 * everything['mfu']:.1f}%")
+    lines += ["", "The full recipe, as run:", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).strip(), "```", ""]
+
+    if samples:
+        lines += ["## Samples", ""]
+        for s in samples[:3]:
+            lines.append(f"- **{s['prompt']}** → {json.dumps(s.get('completion', ''))}")
+        lines.append("")
+    lines += [
+        "## Intended uses and limitations", "",
+        "A research and teaching artifact: a model of the text it was trained on, for experiments with training"
+        " recipes. It is not an assistant to rely on: it states falsehoods fluently, and its perplexity says how well"
+        " it predicts held-out text of the same kind, not whether what it writes is true.",
+        "",
+        "It inherits the biases and gaps of its training data: the topics, dialects and viewpoints that are over- or"
+        " under-represented there shape what it writes. Small models trained briefly repeat their data's phrasing"
+        " and can reproduce it verbatim.", "",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) else ""
+
+
+# --------------------------------------------------------------------------- push
+
+
+def files_to_push(folder: Path) -> list[str]:
+    """The relative paths a push uploads, in order."""
+    out = []
+    for path in sorted(Path(folder).rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and any(fnmatch.fnmatch(rel, p) for p in PUSHED) and not any(
+            fnmatch.fnmatch(rel, p) or rel.startswith(p.rstrip("*")) for p in NOT_PUSHED
+        ):
+            out.append(rel)
+    return out
+
+
+def check_model_id(model_id: str | None) -> str:
+    if not model_id:
+        raise ToolkitError("no Hub model id: set hub.model_id or pass --repo-id namespace/name")
+    if model_id.count("/") != 1 or not all(model_id.split("/")):
+        raise ToolkitError(f"Hub model id {model_id!r} is not 'namespace/name'")
+    return model_id
+
+
+def push_folder(folder: Path, model_id: str, private: bool = True, token: str | None = None) -> str:
+    """Upload exactly `files_to_push(folder)`; the token comes from the argument, HF_TOKEN or the stored login."""
+    from huggingface_hub import HfApi
+
+    check_model_id(model_id)
+    api = HfApi(token=token)
+    api.create_repo(model_id, private=private, exist_ok=True)
+    api.upload_folder(repo_id=model_id, folder_path=str(folder), allow_patterns=files_to_push(folder),
+                      commit_message="Upload model trained with toolkit")
+    return f"https://huggingface.co/{model_id}"
+
+
+class PushEverySave(TrainerCallback):
+    """A Trainer callback for hub.strategy=every_save: each checkpoint's model goes to the Hub.
+
+    A failed upload is logged and training goes on; the final push reports for good.
+    """
+
+    def __init__(self, recipe):
+        self.recipe = recipe
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        hub = self.recipe.hub
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        try:
+            push_folder(checkpoint, hub.model_id, hub.private, hub.token or self.recipe.training.get("hub_token"))
+        except Exception as err:
+            logger.warning("push of %s to %s failed: %s; training goes on", checkpoint.name, hub.model_id, first_line(err))
+
+
+def push_run(recipe) -> str:
+    """Push a finished run as its recipe says; on failure, say how to push later.
 
     The model is already saved locally, so a failed push costs nothing but a retry.
     """
-    from huggingface_hub import HfApi
-
     hub, folder = recipe.hub, recipe.output_dir
-    later = f"hf upload {hub.model_id} {folder} . --exclude 'checkpoint-*/*'"
+    later = f"toolkit push {folder} --repo-id {hub.model_id}"
     try:
-        api = HfApi(token=hub.token or recipe.training.get("hub_token"))  # None: HF_TOKEN or the stored login
-        api.create_repo(hub.model_id, private=hub.private, exist_ok=True)
-        api.upload_folder(repo_id=hub.model_id, folder_path=str(folder), ignore_patterns=["checkpoint-*", "runs/*"])
+        return push_folder(folder, hub.model_id, hub.private, hub.token or recipe.training.get("hub_token"))
     except Exception as err:  # no token, no network, no rights: the model stays saved locally
-        logger.error("push to %s failed: %s; the model is saved in %s; push it later with: %s", hub.model_id, first_line(err), folder, later)
+        logger.error("push to %s failed: %s; the model is saved in %s; push it later with: %s",
+                     hub.model_id, first_line(err), folder, later)
         return f"push failed (model saved locally); later: {later}"
-    return f"https://huggingface.co/{hub.model_id}"

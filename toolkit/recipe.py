@@ -122,6 +122,9 @@ class Hub:
     push: bool = False
     model_id: str | None = None  # namespace/name
     private: bool = True
+    strategy: Literal["end", "every_save"] = "end"  # every_save: also push each checkpoint's model
+    license: str = "apache-2.0"  # for the model card
+    language: list[str] = field(default_factory=lambda: ["en"])
     token: str | None = None  # better: HF_TOKEN or `hf auth login`; never saved
 
 
@@ -132,6 +135,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "logging_steps": 10,
     "save_total_limit": 2,
     "seed": 42,
+    "include_num_input_tokens_seen": "non_padding",  # for tokens/s in the logs and the model card
 }
 
 SECRET_KEYS = {("hub", "token"), ("training", "hub_token")}

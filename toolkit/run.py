@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -12,10 +13,37 @@ from toolkit.console import summary
 from toolkit.evaluation import generate_samples
 from toolkit.modeling import count_parameters
 from toolkit.outputs import FINAL_FILE, read_json, write_json, write_recipe
-from toolkit.publish import push_run
+from toolkit.publish import plot_training, push_run, write_model_card
 from toolkit.recipe import Recipe
 
 logger = logging.getLogger("toolkit")
+
+@dataclass
+class RunStart:
+    recipe: Recipe
+    state: object  # accelerate's PartialState: which process this is
+    resume_from: str | None
+    finished: bool
+    started: float
+
+
+def start_run(argv: list[str] | None, default_recipe) -> RunStart:
+    """What every recipe does first: join the processes, read and check the recipe, look at the output folder."""
+    import sys
+
+    from toolkit.console import setup_logging
+    from toolkit.outputs import check_output_dir
+    from toolkit.recipe import load_recipe, parse_command_line
+    from toolkit.training import init_processes
+
+    started = time.time()
+    state = init_processes()
+    setup_logging(state.is_main_process)
+    config, overrides = parse_command_line(sys.argv[1:] if argv is None else argv)
+    recipe = load_recipe(config, overrides, default=default_recipe)
+    found = check_output_dir(recipe)
+    return RunStart(recipe, state, found.resume_from, found.finished, started)
+
 
 INIT_EVAL_FILE = "init_eval_results.json"
 SAMPLES_BEFORE_FILE = "samples_before.json"
@@ -53,11 +81,19 @@ def train_and_evaluate(trainer, recipe: Recipe, resume_from: str | None) -> dict
 
 
 def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started: float) -> None:
-    """Save the model and every result; push when asked; print the summary."""
-    out = recipe.output_dir
+    """Save the model and every result; push when asked; print the summary; end the process group."""
     trainer.save_model()  # model (safetensors) and tokenizer, loadable with from_pretrained
-    if not trainer.is_world_process_zero():
-        return
+    if trainer.is_world_process_zero():
+        _write_results(trainer, recipe, data_stats, results, started)
+    # The other processes wait for the main one: one that exits while gloo still holds
+    # the group open dies with SIGABRT, and the launcher then kills the main process too.
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, started: float) -> None:
+    out = recipe.output_dir
     trainer.save_state()
     after = samples(trainer, recipe)
     before = read_json(out, SAMPLES_BEFORE_FILE) or [{} for _ in after]
@@ -72,11 +108,17 @@ def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started
         merged.save_pretrained(out / "merged")
         trainer.processing_class.save_pretrained(out / "merged")
     results["wall_time_s"] = round(time.time() - started, 1)
+    results["global_step"] = trainer.state.global_step
+    tokens = getattr(trainer.state, "num_input_tokens_seen", 0) or 0
+    if tokens and results.get("train_runtime"):
+        results["train_tokens_seen"] = int(tokens)
+        results["train_tokens_per_second"] = round(tokens / results["train_runtime"], 1)
     write_json(out, "all_results.json", results)
     write_json(out, "data_stats.json", data_stats)
     write_json(out, "samples.json", written)
     write_json(out, "run_info.json", {
         "parameters": count_parameters(trainer.model),
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "device": str(trainer.args.device),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "world_size": trainer.args.world_size,
@@ -85,12 +127,17 @@ def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started
     })
     scores = ("_loss", "_perplexity", "_tokens")
     write_json(out, FINAL_FILE, {k: v for k, v in results.items() if "eval_" in k and k.endswith(scores)})
+    plot_training(out)
+    write_model_card(out)  # after the adapter's own README, which it replaces
     lines = {"model": out.resolve()}
     if "init_eval_perplexity" in results:
         lines["perplexity before"] = f"{results['init_eval_perplexity']:.2f}"
     lines["perplexity after"] = f"{results['eval_perplexity']:.2f}"
     lines["training steps"] = trainer.state.global_step
     lines["wall time"] = f"{results['wall_time_s']:.0f} s"
+    if "train_tokens_per_second" in results:
+        lines["training tokens/s"] = f"{results['train_tokens_per_second']:,.0f}"
+    lines["model card"] = out / "README.md"
     for s in written:
         lines[f"sample {s['prompt']!r}"] = repr(s["completion"][:120])
     if recipe.hub.push:

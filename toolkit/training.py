@@ -11,6 +11,7 @@ from transformers.integrations import TensorBoardCallback
 from toolkit.data.packing import CausalCollator, FlatteningCollator, PackedRowsCollator
 from toolkit.evaluation import compute_perplexity, token_nll
 from toolkit.hardware import has_accelerator
+from toolkit.publish import PushEverySave
 from toolkit.recipe import Recipe, training_arguments
 
 logger = logging.getLogger("toolkit")
@@ -52,6 +53,8 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
     if recipe.training.get("optim") == "adam":
         optimizer = (torch.optim.Adam, {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon})
     callbacks = []
+    if recipe.hub.push and recipe.hub.strategy == "every_save":
+        callbacks.append(PushEverySave(recipe))
     if recipe.evaluation.early_stopping_patience:
         callbacks.append(
             EarlyStoppingCallback(recipe.evaluation.early_stopping_patience, recipe.evaluation.early_stopping_threshold)

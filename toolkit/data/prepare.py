@@ -24,7 +24,7 @@ from datasets import Dataset, load_from_disk
 from toolkit.data.clean import clean_corpus, drop_texts, example_hashes, log_stats
 from toolkit.data.packing import count_tokens, pack, pack_examples, tokenize
 from toolkit.data.tasks import encode_examples
-from toolkit.data.sources import check_source, load_sources, source_fingerprint
+from toolkit.data.sources import check_columns, check_source, load_sources, source_fingerprint
 from toolkit.errors import ToolkitError
 from toolkit.recipe import Recipe
 from toolkit.tokenizer import load_pretrained_tokenizer, pretrained_tokenizer_name, train_bpe
@@ -46,6 +46,7 @@ def check_data(recipe: Recipe) -> None:
     """Cheap checks before any work: built-in names exist, files exist."""
     for source in recipe.data.sources + recipe.data.eval_sources:
         check_source(source)
+        check_columns(source, recipe.data.format)
 
 
 def cache_path(recipe: Recipe, task: str = "pretraining") -> Path:

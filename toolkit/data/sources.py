@@ -7,11 +7,13 @@ in the recipe), so that cleaning, splitting and weighting treat them all alike.
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import glob
 import importlib
 import inspect
 import io
+import json
 import os
 import re
 import sys
@@ -123,6 +125,48 @@ def check_source(source: Source) -> None:
         raise ToolkitError(f"unknown built-in corpus {source.builtin!r}; available: {', '.join(BUILTIN_CORPORA)}")
     if source.files:
         resolve_files(source)
+
+
+def file_columns(path: str) -> list[str] | None:
+    """The columns of a local data file, read from its first record or header only (None: unknown)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".txt":
+        return ["text"]
+    if suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        return None  # the loader will name the problem
+                    return list(record) if isinstance(record, dict) else None
+        return None
+    if suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            return next(csv.reader(f), None)
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(path).names
+    return None  # .json may be one big array: not worth reading here
+
+
+def check_columns(source: Source, fmt: str) -> None:
+    """A named column missing from a local file is found before any loading."""
+    if not source.files:
+        return
+    for path in resolve_files(source):
+        columns = file_columns(path)
+        if columns is None:
+            continue
+        for attr, canonical in FORMAT_COLUMNS[fmt]:
+            column = getattr(source, attr)
+            if column not in columns and not (Path(path).suffix.lower() == ".txt" and canonical == "text"):
+                raise ToolkitError(
+                    f"{canonical} column {column!r} not in {path}; its columns are {', '.join(columns)}"
+                    f" (set data.sources[].{attr})"
+                )
 
 
 def source_fingerprint(source: Source) -> dict:

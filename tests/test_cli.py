@@ -1,0 +1,97 @@
+"""The `toolkit` console command: validate, plan, generate, report, push, and their bad input."""
+
+import copy
+import json
+import shutil
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, TINY_RECIPE, run, write_recipe
+from tests.test_bad_input import assert_refused
+
+TOOLKIT = shutil.which("toolkit")
+pytestmark = pytest.mark.skipif(TOOLKIT is None, reason="the package is not installed (pip install -e .)")
+
+
+def toolkit(*args, **kwargs):
+    return run([TOOLKIT, *args], **kwargs)
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["training"]["output_dir"] = str(tmp_path / "out")
+    recipe["data"]["cache_dir"] = str(tmp_path / "cache")
+    return write_recipe(tmp_path, recipe)
+
+
+def test_validate_accepts_a_good_recipe_and_does_no_work(recipe_file, tmp_path):
+    result = toolkit("validate", str(recipe_file))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"ok: {recipe_file} is valid")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data": {"blok_size": 64}}, "unknown key 'data.blok_size'; did you mean 'data.block_size'?"),
+    ({"training": {"max_steps": "many"}}, "'training.max_steps' must be an integer"),
+    ({"data": {"sources": [{"files": "nowhere/*.jsonl"}]}}, "data file not found"),
+    ({"data": {"block_size": 512}}, "larger than the model's maximum positions (128)"),
+    ({"data": {"sources": [{"files": "COLUMNS", "text_column": "content"}]}}, "text column 'content' not in"),
+])
+def test_validate_rejects_the_bad_recipes_of_the_pretraining_tests(tmp_path, change, message):
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["training"]["output_dir"] = str(tmp_path / "out")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"body": "some text"}) + "\n")
+    for section, values in change.items():
+        values = json.loads(json.dumps(values).replace("COLUMNS", str(tmp_path / "d.jsonl")))
+        recipe[section] = {**recipe.get(section, {}), **values}
+    assert_refused(toolkit("validate", str(write_recipe(tmp_path, recipe))), message)
+
+
+def test_validate_rejects_missing_file_syntax_error_and_a_foreign_output_dir(recipe_file, tmp_path):
+    assert_refused(toolkit("validate", str(tmp_path / "none.yaml")), "recipe file not found")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data:\n  block_size: [1\n")
+    assert_refused(toolkit("validate", str(broken)), "YAML syntax error")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "recipe.yaml").write_text(yaml.safe_dump({"training": {"learning_rate": 9.0}}))
+    assert_refused(toolkit("validate", str(recipe_file)), "holds a run of another recipe")
+
+
+def test_plan_names_known_gpus_when_one_is_unknown(recipe_file):
+    assert_refused(toolkit("plan", str(recipe_file), "--gpu", "Z9000"), "unknown GPU 'Z9000'; known: H200")
+
+
+def test_plan_prints_the_budget(recipe_file):
+    result = toolkit("plan", str(recipe_file), "--gpu", "h200")
+    assert result.returncode == 0, result.stderr
+    assert "FLOPs" in result.stdout and "parameters" in result.stdout.lower()
+
+
+def test_report_generate_and_push_on_a_finished_run(recipe_file, tmp_path):
+    from tests.conftest import run_pretrain
+
+    assert run_pretrain("--config", str(recipe_file)).returncode == 0
+    out = tmp_path / "out"
+    (out / "README.md").unlink()
+    (out / "training_curves.png").unlink()
+    report = toolkit("report", str(out))
+    assert report.returncode == 0, report.stderr
+    assert (out / "README.md").is_file() and (out / "training_curves.png").is_file()
+
+    sample = toolkit("generate", str(out), "--prompt", "The import", "--max-new-tokens", "5", "--temperature", "0")
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith("The import")
+
+    assert_refused(toolkit("push", str(out)), "no Hub model id")
+    assert_refused(toolkit("push", str(out), "--repo-id", "no-namespace"), "is not 'namespace/name'")
+    offline = toolkit("push", str(out), "--repo-id", "someone/model")  # the Hub is unreachable here
+    assert_refused(offline, "push to someone/model failed")
+
+
+def test_commands_refuse_a_folder_that_is_no_run(tmp_path):
+    assert_refused(toolkit("report", str(tmp_path)), "is no finished toolkit run")
+    assert_refused(toolkit("push", str(tmp_path), "--repo-id", "a/b"), "is no finished toolkit run")
+    assert_refused(toolkit("generate", str(tmp_path), "--prompt", "x"), "holds no model")
