@@ -181,3 +181,12 @@ def test_format_plan_is_an_aligned_table():
     rows = [line for line in text.splitlines() if line.startswith("  ") and not line.startswith("  - ")]
     columns = {re.match(r"^ +\S.*? {2,}(\S)", line).start(1) for line in rows}
     assert len(columns) == 1  # every value starts in the same column
+
+
+def test_device_names_map_to_known_gpus():
+    from toolkit.plan import gpu_in_device_name
+
+    assert gpu_in_device_name("NVIDIA H200")[0] == "H200"
+    assert gpu_in_device_name("NVIDIA A100-SXM4-80GB")[0] == "A100"
+    assert gpu_in_device_name("NVIDIA GeForce RTX 4090")[0] == "RTX 4090"
+    assert gpu_in_device_name("Some Future Chip") is None

@@ -47,6 +47,9 @@ def test_model_card_parses_and_its_model_index_holds_the_runs_numbers(run_dir):
     assert "bias" in text and f"![Training curves]({PLOT_FILE})" in text
     assert "model_type: llama" in text  # the resolved recipe
     assert "deduplicate" in text  # cleaning statistics
+    everything = json.loads((run_dir / "all_results.json").read_text())
+    assert everything["train_tokens_per_second"] > 0 and everything["train_model_flops_per_second"] > 0
+    assert f"{everything['train_tokens_per_second']:,.0f} tokens/s" in text and "model FLOP/s achieved" in text
 
 
 def test_training_curves_are_a_png(run_dir):

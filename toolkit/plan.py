@@ -130,6 +130,22 @@ def find_gpu(name: str) -> tuple[str, dict[str, float]]:
     raise ToolkitError(f"unknown GPU {name!r}; known: {', '.join(KNOWN_GPUS)}")
 
 
+def gpu_in_device_name(device_name: str) -> tuple[str, dict[str, float]] | None:
+    """The KNOWN_GPUS entry whose name appears in a CUDA device name ("NVIDIA H200" -> H200)."""
+    squashed = _squash(device_name)
+    matches = [(known, spec) for known, spec in KNOWN_GPUS.items() if _squash(known) in squashed]
+    return max(matches, key=lambda m: len(m[0]), default=None)  # the most specific name
+
+
+def flops_per_token(model, sequence_length: int) -> int:
+    """ANCHORS.md: 6N + 12·L·d·T, N without position embeddings, tied embeddings once."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    unique = {id(p): p.numel() for p in base.parameters()}
+    n = sum(unique.values()) - sum(m.weight.numel() for m in _position_embeddings(base))
+    config = base.config
+    return 6 * n + 12 * config.num_hidden_layers * config.hidden_size * sequence_length
+
+
 def _squash(name: str) -> str:
     return "".join(c for c in name.lower() if c.isalnum())
 

@@ -181,14 +181,16 @@ def _card_body(name, recipe, results, stats, info, everything, samples, folder) 
     lines.append("")
 
     runtime = everything.get("train_runtime")
-    tokens = everything.get("train_tokens_seen")
+    speed = everything.get("train_tokens_per_second")
     lines += ["## Training", "",
               f"- hardware: {info.get('cuda') or 'CPU'} x {info.get('world_size', 1)} ({info.get('platform', '')})",
               f"- parameters: {info.get('parameters', 0):,}"
               + (f", of which trained (LoRA r={lora.get('r')}): {info['trainable_parameters']:,}" if lora.get("enabled") and "trainable_parameters" in info else ""),
               f"- steps: {(read_json(folder, 'trainer_state.json') or {}).get('global_step', '')}, learning rate {training.get('learning_rate', '')}, optimizer {training.get('optim', 'adamw_torch')}"]
     if runtime:
-        lines.append(f"- training time: {runtime:.0f} s" + (f", {tokens / runtime:,.0f} tokens/s" if tokens else ""))
+        lines.append(f"- training time: {runtime:.0f} s" + (f", {speed:,.0f} tokens/s" if speed else ""))
+    if everything.get("train_model_flops_per_second"):
+        lines.append(f"- model FLOP/s achieved: {everything['train_model_flops_per_second']:.3g} (6N + 12LdT per token)")
     if everything.get("mfu") is not None:
         lines.append(f"- model FLOPs utilisation: {100 * everything['mfu']:.1f}%")
     lines += ["", "The full recipe, as run:", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).strip(), "```", ""]

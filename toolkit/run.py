@@ -80,6 +80,19 @@ def train_and_evaluate(trainer, recipe: Recipe, resume_from: str | None) -> dict
     return results
 
 
+def utilisation(trainer, recipe: Recipe, tokens_per_second: float) -> dict:
+    """Achieved model FLOP/s, and MFU against the bf16 peak when the GPU is a known one."""
+    from toolkit.plan import flops_per_token, gpu_in_device_name
+
+    length = recipe.data.block_size if not recipe.model.name_or_path or recipe.data.format == "text" else recipe.data.max_length
+    achieved = flops_per_token(trainer.model, length) * tokens_per_second
+    out = {"train_model_flops_per_second": round(achieved)}
+    known = gpu_in_device_name(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+    if known:
+        out["mfu"] = round(achieved / (known[1]["peak_flops"] * trainer.args.world_size), 4)
+    return out
+
+
 def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started: float) -> None:
     """Save the model and every result; push when asked; print the summary; end the process group."""
     trainer.save_model()  # model (safetensors) and tokenizer, loadable with from_pretrained
@@ -113,6 +126,7 @@ def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, sta
     if tokens and results.get("train_runtime"):
         results["train_tokens_seen"] = int(tokens)
         results["train_tokens_per_second"] = round(tokens / results["train_runtime"], 1)
+        results.update(utilisation(trainer, recipe, tokens / results["train_runtime"]))
     write_json(out, "all_results.json", results)
     write_json(out, "data_stats.json", data_stats)
     write_json(out, "samples.json", written)
@@ -137,6 +151,8 @@ def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, sta
     lines["wall time"] = f"{results['wall_time_s']:.0f} s"
     if "train_tokens_per_second" in results:
         lines["training tokens/s"] = f"{results['train_tokens_per_second']:,.0f}"
+    if "mfu" in results:
+        lines["MFU"] = f"{100 * results['mfu']:.1f}%"
     lines["model card"] = out / "README.md"
     for s in written:
         lines[f"sample {s['prompt']!r}"] = repr(s["completion"][:120])
