@@ -45,6 +45,12 @@ def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, 
 
     With `chat`, each prompt is a user message rendered with the chat template.
     """
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        # Sampling must not move the random state that training (data order, dropout) uses next.
+        return _generate(model, tokenizer, prompts, max_new_tokens, temperature, top_k, seed, chat)
+
+
+def _generate(model, tokenizer, prompts, max_new_tokens, temperature, top_k, seed, chat):
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
