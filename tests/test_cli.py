@@ -50,6 +50,17 @@ def test_validate_rejects_the_bad_recipes_of_the_pretraining_tests(tmp_path, cha
     assert_refused(toolkit("validate", str(write_recipe(tmp_path, recipe))), message)
 
 
+def test_validate_with_data_catches_a_dataset_cleaned_away(tmp_path):
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["training"]["output_dir"] = str(tmp_path / "out")
+    recipe["data"]["cache_dir"] = str(tmp_path / "cache")
+    good = toolkit("validate", str(write_recipe(tmp_path, recipe)), "--data")
+    assert good.returncode == 0 and "held-out documents after cleaning" in good.stdout
+    recipe["data"]["cleaning"] = {"min_chars": 10_000_000}
+    assert_refused(toolkit("validate", str(write_recipe(tmp_path, recipe)), "--data"), "dataset empty after cleaning")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
 def test_validate_rejects_missing_file_syntax_error_and_a_foreign_output_dir(recipe_file, tmp_path):
     assert_refused(toolkit("validate", str(tmp_path / "none.yaml")), "recipe file not found")
     broken = tmp_path / "broken.yaml"

@@ -109,3 +109,14 @@ def test_fp32_on_cpu(tmp_path):
 def test_config_overrides_build_the_config_anew_so_derived_sizes_follow():
     config = load_model_config(Model(config={"hidden_size": 128, "num_attention_heads": 2, "num_key_value_heads": 2}))
     assert config.head_dim == 64  # not the 4096/32 of Llama's defaults
+
+
+def test_sampling_leaves_the_training_random_state_alone(tmp_path):
+    """Samples drawn before training must not change the data order training then draws."""
+    from toolkit.evaluation import generate_samples
+
+    trainer = tiny_trainer(tmp_path)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    generate_samples(trainer.model, trainer.processing_class, ["x"], max_new_tokens=3, temperature=1.0, top_k=5, seed=0)
+    assert torch.equal(torch.get_rng_state(), before)

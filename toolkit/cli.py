@@ -1,6 +1,6 @@
 """The `toolkit` command: check, plan, sample, report and push, reusing the recipes' own stages.
 
-    toolkit validate RECIPE [key=value ...]
+    toolkit validate RECIPE [--data] [key=value ...]
     toolkit plan RECIPE [--gpu NAME] [--num-processes N] [key=value ...]
     toolkit generate MODEL_DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--chat]
     toolkit report RUN_DIR
@@ -51,6 +51,11 @@ def _load(args):
 def cmd_validate(args) -> None:
     recipe = _load(args)
     checked = validate(recipe)
+    if args.data:  # load, clean and split the documents too (no tokenizing): catches data cleaned away
+        from toolkit.data.prepare import split_corpus
+
+        train, held_out, _ = split_corpus(recipe, recipe.data.format if recipe.model.name_or_path else "text")
+        checked.append(f"{len(train):,} training and {len(held_out):,} held-out documents after cleaning")
     print(f"ok: {args.recipe} is valid ({'; '.join(checked)}); output to {recipe.output_dir}")
 
 
@@ -109,6 +114,8 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("recipe")
         s.add_argument("overrides", nargs="*", help="section.key=value")
+        if name == "validate":
+            s.add_argument("--data", action="store_true", help="also load, clean and split the data (no tokenizing)")
         if name == "plan":
             s.add_argument("--gpu", help="a GPU name (H200, H100, A100, ...); default: this machine's CPU")
             s.add_argument("--num-processes", type=int, default=1)

@@ -4,7 +4,7 @@
 
 Answers "which model fits my task, compute and data" from the recipe alone: the model is
 built on the meta device (shapes, no weights), nothing is downloaded and no data is read.
-FLOPs follow the convention of /work/shared/ANCHORS.md, so a plan's FLOPs per token are
+FLOPs follow the anchors' convention (6N + 12·L·d·T per token), so a plan's FLOPs per token are
 the figure that MFU is measured against.
 """
 
@@ -353,8 +353,8 @@ def _notes(result: dict, recipe: Recipe, config) -> list[str]:
         notes.append("does not fit: lower per_device_train_batch_size (raise gradient_accumulation_steps to keep"
                      " the tokens per step), set training.activation_checkpointing=true, or use LoRA")
     if result["gpu_memory"] is not None:
-        notes.append(f"time assumes {result['mfu']:.0%} MFU; the HF Trainer measured 12-27% on an H200"
-                     " (ANCHORS.md), so allow up to 3x; memory leaves out the CUDA context (about 1 GiB)")
+        notes.append(f"time assumes {result['mfu']:.0%} MFU; a plain HF Trainer has measured 12-27% on an H200,"
+                     " so allow up to 3x; memory leaves out the CUDA context (about 1 GiB)")
     else:
         notes.append(f"time assumes {result['mfu']:.0%} of this CPU's float32 matmul rate, measured just now:"
                      " a machine busy with other work measures, and trains, slower")
