@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from toolkit.data.prepare import check_data, prepare_finetuning_data  # noqa: E402
 from toolkit.errors import ToolkitError, exit_on_user_error  # noqa: E402
 from toolkit.modeling import (  # noqa: E402
-    apply_lora, build_model, check_lora, load_model_config, locate_pretrained, quantization_config, resolve_pretrained,
+    apply_lora, build_model, check_block_size, check_lora, load_model_config, locate_pretrained, quantization_config,
+    resolve_pretrained,
 )
 from toolkit.run import finish_run, start_run, train_and_evaluate  # noqa: E402
 from toolkit.tokenizer import load_pretrained_tokenizer  # noqa: E402
@@ -40,6 +41,7 @@ def main(argv=None):
     with run.state.main_process_first():
         base = resolve_pretrained(recipe.model, recipe.data.cache_dir)
     model_config = load_model_config(base)
+    check_block_size(model_config, recipe.data.row_length, f"data.{recipe.data.row_key}")
     name = recipe.tokenizer.name_or_path or base.name_or_path
     tokenizer = load_pretrained_tokenizer(name, recipe.tokenizer, recipe.tokenizer.revision or base.revision)
 

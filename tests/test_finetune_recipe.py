@@ -112,7 +112,7 @@ def test_full_fine_tuning_and_other_formats(tiny_base, tmp_path, fmt, lora):
     r = recipe(tiny_base, tmp_path, save_strategy="no")
     r["lora"] = {"enabled": lora}
     r["data"]["format"] = fmt
-    if fmt == "text":  # continued pretraining on plain text, cut into max_length blocks
+    if fmt == "text":  # continued pretraining on plain text, cut into block_size blocks
         r["data"]["sources"] = [{"builtin": "python-docs", "limit": 60}]
     result = run_finetune("--config", str(write_recipe(tmp_path, r)))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -29,10 +29,10 @@ def validate(recipe) -> list[str]:
         done.append(f"pretrained model {where}")
         if not where.endswith(".gguf") and Path(where).is_dir():
             config = load_model_config(dataclasses.replace(recipe.model, name_or_path=where))
-            check_block_size(config, recipe.data.max_length if recipe.data.format != "text" else recipe.data.block_size)
+            check_block_size(config, recipe.data.row_length, f"data.{recipe.data.row_key}")
     else:
         config = load_model_config(recipe.model)
-        check_block_size(config, recipe.data.block_size)
+        check_block_size(config, recipe.data.row_length, f"data.{recipe.data.row_key}")
         done.append(f"{config.model_type} model from a config, block_size {recipe.data.block_size}")
     check_lora(recipe.lora)
     check_data(recipe)

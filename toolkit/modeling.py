@@ -64,12 +64,13 @@ def max_positions(config) -> tuple[int, str] | tuple[None, None]:
     return None, None
 
 
-def check_block_size(config, block_size: int) -> None:
+def check_block_size(config, block_size: int, name: str = "data.block_size") -> None:
+    """A training row may not be longer than the model's positions (`name`: the recipe key that sets it)."""
     limit, key = max_positions(config)
     if limit is not None and block_size > limit:
         raise ToolkitError(
-            f"data.block_size={block_size} is larger than the model's maximum positions ({limit});"
-            f" lower data.block_size or raise model.config.{key}"
+            f"{name}={block_size} is larger than the model's maximum positions ({limit});"
+            f" lower {name} or raise model.config.{key}"
         )
 
 

@@ -181,10 +181,8 @@ def _new_model_vocabulary(recipe: Recipe) -> int:
 
 
 def sequence_length(recipe: Recipe) -> tuple[int, str]:
-    """T, and the recipe key it comes from: packed rows in pretraining, examples in fine-tuning."""
-    if recipe.model.name_or_path and recipe.data.format != "text":
-        return recipe.data.max_length, "data.max_length"
-    return recipe.data.block_size, "data.block_size"
+    """T, and the recipe key it comes from: blocks of plain text, or whole examples."""
+    return recipe.data.row_length, f"data.{recipe.data.row_key}"
 
 
 def _training_value(recipe: Recipe, key: str):

@@ -63,13 +63,22 @@ class Data:
     sources: list[Source] = field(default_factory=lambda: [Source(builtin="python-docs")])
     eval_fraction: float = 0.05  # held-out share of the documents, used when eval_sources is empty
     eval_sources: list[Source] = field(default_factory=list)
-    block_size: int = 256  # pretraining: the length of every packed row
+    block_size: int = 256  # plain text: the length of every packed row
     # Fine-tuning: what an example is, how long it may be, and what carries the loss.
     format: Literal["text", "prompt_completion", "chat"] = "text"
     max_length: int = 1024
     too_long: Literal["skip", "error"] = "skip"  # an example over max_length tokens
     completion_only_loss: bool = True  # loss on completion / assistant tokens only
     packing: bool = True  # many examples per row, position_ids restarting, no padding
+
+    @property
+    def row_key(self) -> str:
+        """The key that sets a training row's length: text is cut into blocks, examples stay whole."""
+        return "block_size" if self.format == "text" else "max_length"
+
+    @property
+    def row_length(self) -> int:
+        return getattr(self, self.row_key)
     cleaning: Cleaning = field(default_factory=Cleaning)
     cache_dir: str = "~/.cache/toolkit"
     num_proc: int | None = None

@@ -18,6 +18,7 @@ from toolkit.recipe import Recipe
 
 logger = logging.getLogger("toolkit")
 
+
 @dataclass
 class RunStart:
     recipe: Recipe
@@ -84,8 +85,7 @@ def utilisation(trainer, recipe: Recipe, tokens_per_second: float) -> dict:
     """Achieved model FLOP/s, and MFU against the bf16 peak when the GPU is a known one."""
     from toolkit.plan import flops_per_token, gpu_in_device_name
 
-    length = recipe.data.block_size if not recipe.model.name_or_path or recipe.data.format == "text" else recipe.data.max_length
-    achieved = flops_per_token(trainer.model, length) * tokens_per_second
+    achieved = flops_per_token(trainer.model, recipe.data.row_length) * tokens_per_second
     out = {"train_model_flops_per_second": round(achieved)}
     known = gpu_in_device_name(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
     if known:

@@ -231,9 +231,9 @@ def _build_finetuning(recipe: Recipe, tokenizer) -> PreparedData:
     data = recipe.data
     if data.format == "text":
         train, held_out, stats = split_corpus(recipe)
-        blocks = [pack(tokenize(part, tokenizer, data.num_proc), data.max_length, keep_tail=keep)
+        blocks = [pack(tokenize(part, tokenizer, data.num_proc), data.block_size, keep_tail=keep)
                   for part, keep in ((train, False), (held_out, True))]
-        stats.update(train_blocks=len(blocks[0][0]), eval_blocks=len(blocks[1][0]), block_size=data.max_length)
+        stats.update(train_blocks=len(blocks[0][0]), eval_blocks=len(blocks[1][0]), block_size=data.block_size)
         return PreparedData(blocks[0][0], blocks[1][0], tokenizer, {**stats, "from_cache": False})
     train, held_out, stats = split_corpus(recipe, data.format)
     encoded = {}
