@@ -46,8 +46,7 @@ def main(argv=None):
     tokenizer = load_pretrained_tokenizer(name, recipe.tokenizer, recipe.tokenizer.revision or base.revision)
 
     # 3. Data: encoded with the model's tokenizer (and chat template), packed padding-free.
-    with run.state.main_process_first():
-        data = prepare_finetuning_data(dataclasses.replace(recipe, model=base), tokenizer)
+    data = prepare_finetuning_data(dataclasses.replace(recipe, model=base), tokenizer)
 
     # 4. Model: full fine-tuning, or LoRA adapters on a frozen (optionally 4-bit) base.
     model = build_model(base, model_config, data.tokenizer, seed=recipe.training["seed"],

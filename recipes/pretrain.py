@@ -30,9 +30,8 @@ def main(argv=None):
     check_block_size(model_config, recipe.data.block_size)
     check_data(recipe)
 
-    # 2. Data and tokenizer: built once, on the main process; the others read its cache.
-    with run.state.main_process_first():
-        data = prepare_pretraining_data(recipe)
+    # 2. Data and tokenizer: built once, by the first process; the others read its cache.
+    data = prepare_pretraining_data(recipe)
 
     # 3. Model, sized to the tokenizer.
     model = build_model(recipe.model, model_config, data.tokenizer, seed=recipe.training["seed"])

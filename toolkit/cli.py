@@ -37,7 +37,7 @@ def validate(recipe) -> list[str]:
     check_lora(recipe.lora)
     check_data(recipe)
     done.append(f"{len(recipe.data.sources)} data source(s) found")
-    state = check_output_dir(recipe)  # reads only
+    state = check_output_dir(recipe, lock=False)  # reads only
     done.append("resumes " + state.resume_from if state.resume_from else ("already finished" if state.finished else "new run"))
     return done
 

@@ -22,10 +22,17 @@ def exit_on_user_error(main):
         try:
             return main(*args, **kwargs)
         except ToolkitError as err:
-            print(f"error: {err}", file=sys.stderr)
+            _say(f"error: {err}")
             sys.exit(2)
         except KeyboardInterrupt:
-            print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+            _say("interrupted: rerun the same command to resume from the last checkpoint")
             sys.exit(130)
 
     return wrapper
+
+
+def _say(line: str) -> None:
+    """A line of its own on stderr, even when a progress bar (training, map) holds the current one."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)

@@ -7,7 +7,6 @@ weights a short batch like a long one, and so drifts from it when lengths differ
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -30,7 +29,9 @@ def perplexity_from_sums(sums) -> dict[str, float]:
     sums = np.asarray(sums, dtype=np.float64).reshape(-1, 2)
     tokens = sums[:, 1].sum()
     loss = float(sums[:, 0].sum() / tokens) if tokens else float("nan")
-    return {"token_loss": loss, "perplexity": math.exp(loss) if loss == loss else float("nan"), "tokens": int(tokens)}
+    # A diverged model's loss can exceed log(float max): its perplexity is then infinite, not an error.
+    perplexity = float(np.exp(np.float64(loss))) if loss == loss else float("nan")
+    return {"token_loss": loss, "perplexity": perplexity, "tokens": int(tokens)}
 
 
 def compute_perplexity(eval_pred) -> dict[str, float]:

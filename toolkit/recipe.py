@@ -145,6 +145,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 2,
     "seed": 42,
     "include_num_input_tokens_seen": "non_padding",  # for tokens/s in the logs and the model card
+    # Trainer's default replaces a NaN or infinite loss in the logs by the running mean,
+    # hiding a diverged run; the toolkit stops on it instead (training.py).
+    "logging_nan_inf_filter": False,
 }
 
 SECRET_KEYS = {("hub", "token"), ("training", "hub_token")}

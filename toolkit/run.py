@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from transformers import TrainerCallback
 
 from toolkit.console import summary
 from toolkit.evaluation import generate_samples
@@ -42,7 +43,7 @@ def start_run(argv: list[str] | None, default_recipe) -> RunStart:
     setup_logging(state.is_main_process)
     config, overrides = parse_command_line(sys.argv[1:] if argv is None else argv)
     recipe = load_recipe(config, overrides, default=default_recipe)
-    found = check_output_dir(recipe)
+    found = check_output_dir(recipe, lock=state.is_main_process)
     return RunStart(recipe, state, found.resume_from, found.finished, started)
 
 
@@ -58,25 +59,59 @@ def samples(trainer, recipe: Recipe) -> list[dict]:
     )
 
 
+class BeforeTraining(TrainerCallback):
+    """Perplexity and samples of the untrained model, taken once training is set up.
+
+    Not with `trainer.evaluate()` before `train()`: that prepares the model for inference,
+    and accelerate then never wraps it for training. Under DDP the processes would each
+    train on their own half of the batch without syncing gradients (measured: two
+    processes parted from one after the first step); FSDP2 refuses a model prepared
+    without its optimizer. At `on_train_begin` the model is wrapped and every process is
+    here, so a sharded model can evaluate and generate.
+    """
+
+    def __init__(self, trainer, recipe: Recipe):
+        self.trainer, self.recipe, self.metrics = trainer, recipe, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        started = time.time()
+        self.metrics = self.trainer.evaluate(metric_key_prefix="init_eval")
+        drawn = samples(self.trainer, self.recipe)  # on every process, for the same reason
+        if self.trainer.is_world_process_zero():
+            write_json(self.recipe.output_dir, SAMPLES_BEFORE_FILE, drawn)
+            write_json(self.recipe.output_dir, INIT_EVAL_FILE, self.metrics)
+        self.seconds = time.time() - started
+
+
+def _without(seconds: float, train_metrics: dict) -> dict:
+    """Training speed without the time the evaluation before training took inside `train()`."""
+    runtime = train_metrics.get("train_runtime")
+    if not seconds or not runtime or runtime <= seconds:
+        return train_metrics
+    out = dict(train_metrics, train_runtime=round(runtime - seconds, 4))
+    for key, value in train_metrics.items():
+        if key.endswith("_per_second"):
+            out[key] = round(value * runtime / (runtime - seconds), 3)
+    return out
+
+
 def train_and_evaluate(trainer, recipe: Recipe, resume_from: str | None) -> dict:
     """Perplexity before training, the training itself (resumed when possible), perplexity after."""
     out = recipe.output_dir
-    main = trainer.is_world_process_zero()
-    if main:
+    if trainer.is_world_process_zero():
         write_recipe(recipe)  # first write to the folder: everything before it was checked or prepared
-    results = {}
+    results, before = {}, None
     if recipe.evaluation.before_training:
         # On resume the initial figure is read back, not measured on the restored weights.
-        init = read_json(out, INIT_EVAL_FILE) if resume_from else None
-        if init is None:
-            init = trainer.evaluate(metric_key_prefix="init_eval")
-            if main:
-                write_json(out, SAMPLES_BEFORE_FILE, samples(trainer, recipe))
-                write_json(out, INIT_EVAL_FILE, init)
-        results.update(init)
-        logger.info("before training: perplexity %.2f", init["init_eval_perplexity"])
+        results = read_json(out, INIT_EVAL_FILE) if resume_from else None
+        if results is None and not resume_from:
+            before = BeforeTraining(trainer, recipe)
+            trainer.add_callback(before)
     train = trainer.train(resume_from_checkpoint=resume_from)
-    results.update({k: v for k, v in train.metrics.items()})
+    results = dict(before.metrics if before else results or {})
+    if "init_eval_perplexity" in results:
+        logger.info("before training: perplexity %.2f", results["init_eval_perplexity"])
+    results.update(_without(before.seconds if before else 0.0, train.metrics))
     results.update(trainer.evaluate())
     return results
 
@@ -96,8 +131,9 @@ def utilisation(trainer, recipe: Recipe, tokens_per_second: float) -> dict:
 def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started: float) -> None:
     """Save the model and every result; push when asked; print the summary; end the process group."""
     trainer.save_model()  # model (safetensors) and tokenizer, loadable with from_pretrained
+    drawn = samples(trainer, recipe)  # on every process: a sharded model generates together
     if trainer.is_world_process_zero():
-        _write_results(trainer, recipe, data_stats, results, started)
+        _write_results(trainer, recipe, data_stats, results, drawn, started)
     # The other processes wait for the main one: one that exits while gloo still holds
     # the group open dies with SIGABRT, and the launcher then kills the main process too.
     trainer.accelerator.wait_for_everyone()
@@ -105,10 +141,9 @@ def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started
         torch.distributed.destroy_process_group()
 
 
-def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, started: float) -> None:
+def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, after: list[dict], started: float) -> None:
     out = recipe.output_dir
     trainer.save_state()
-    after = samples(trainer, recipe)
     before = read_json(out, SAMPLES_BEFORE_FILE) or [{} for _ in after]
     written = [{"prompt": a["prompt"], "before": b.get("completion"), "completion": a["completion"]}
                for a, b in zip(after, before)]

@@ -3,31 +3,97 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.integrations import TensorBoardCallback
+from transformers.trainer_utils import rotate_checkpoints
 
 from toolkit.data.packing import CausalCollator, FlatteningCollator, PackedRowsCollator
+from toolkit.errors import ToolkitError
 from toolkit.evaluation import compute_perplexity, token_nll
 from toolkit.hardware import has_accelerator
+from toolkit.outputs import last_complete_checkpoint, mark_complete
 from toolkit.publish import PushEverySave
 from toolkit.recipe import Recipe, training_arguments
 
 logger = logging.getLogger("toolkit")
 
 
-class CausalLMTrainer(Trainer):
-    """A Trainer whose eval_loss is the mean over evaluation tokens.
+# How often (in optimizer steps) the loss and gradient norm are checked for NaN or inf
+# between logs, evaluations and saves, which always check: each check waits for the GPU.
+FINITE_CHECK_STEPS = 8
 
-    Trainer's own eval_loss averages per-batch losses (each repeated by the batch size),
-    which over-weights short batches; the metric below sums over tokens instead, and the
-    logs, early stopping and best-model choice all see that figure.
+
+class CausalLMTrainer(Trainer):
+    """A Trainer that measures, saves and stops the way the toolkit promises.
+
+    - eval_loss is the mean over evaluation tokens. Trainer's own averages per-batch losses
+      (each repeated by the batch size), which over-weights short batches; the logs, early
+      stopping and best-model choice all see the token mean instead.
+    - A checkpoint is marked complete once every process has written its part, and only
+      then are older ones rotated away: a save cut short never costs the last good one.
+    - A loss or gradient norm that becomes NaN or infinite stops the run within
+      FINITE_CHECK_STEPS steps, and before any checkpoint of the diverged weights.
     """
 
     def __init__(self, *args, eval_data_collator=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
+        self._finite = None  # on the device: all losses and gradient norms since the last check were finite
+        self._last_loss = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._note_finite(loss)
+        self._last_loss = loss
+        return loss
+
+    def _note_finite(self, value) -> None:
+        ok = torch.isfinite(torch.as_tensor(value, device=self.args.device)).all()
+        self._finite = ok if self._finite is None else self._finite & ok
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
+        if grad_norm is not None:
+            self._note_finite(grad_norm)
+        due = self.control.should_log or self.control.should_save or self.control.should_evaluate
+        if due or self.state.global_step % FINITE_CHECK_STEPS == 0:
+            self._stop_if_diverged()
+        return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def _stop_if_diverged(self, model=None) -> None:
+        what = None
+        if self._finite is not None and not bool(self._finite):
+            last = float(self._last_loss) if self._last_loss is not None else float("nan")
+            what = f"the loss or gradient norm became NaN or infinite (last loss {last:g})"
+        elif model is not None and not bool(torch.stack([torch.isfinite(_local(p)).all() for p in model.parameters()]).all()):
+            what = "the weights became NaN or infinite"
+        if what is None:
+            return
+        good = last_complete_checkpoint(Path(self.args.output_dir))
+        kept = f"the last good checkpoint, {good}, is kept" if good else "no checkpoint was written before it"
+        precision = "; or train in bf16 or fp32 instead of fp16" if self.args.fp16 else ""
+        raise ToolkitError(
+            f"training stopped at step {self.state.global_step}: {what}; {kept}."
+            f" Lower training.learning_rate (now {self.args.learning_rate:g}) or set training.max_grad_norm{precision},"
+            " then train into a new training.output_dir"
+        )
+
+    def _save_checkpoint(self, model, trial):
+        self._stop_if_diverged(model)  # never a checkpoint of NaN weights
+        # Rotation waits until the new checkpoint is complete (see the class docstring).
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every process's shards are on disk
+        if self.args.should_save:
+            run_dir = self._get_output_dir(trial=trial)
+            mark_complete(Path(run_dir) / f"checkpoint-{self.state.global_step}")
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
 
     def get_eval_dataloader(self, eval_dataset=None):
         """Evaluation may batch differently from training (packed rows kept apart, see packing.py)."""
@@ -45,6 +111,11 @@ class CausalLMTrainer(Trainer):
         if token_loss is not None:
             output.metrics[f"{metric_key_prefix}_loss"] = token_loss
         return output
+
+
+def _local(tensor):
+    """A sharded (FSDP2) parameter's own shard; any other tensor as it is."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset) -> CausalLMTrainer:

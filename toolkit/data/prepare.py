@@ -86,13 +86,29 @@ def prepare_finetuning_data(recipe: Recipe, tokenizer) -> PreparedData:
 
 
 def _cached(recipe: Recipe, task: str, build) -> PreparedData:
+    """Load the cache, or build it. In a multi-process run only each machine's first process
+    builds; the others wait for its cache on disk rather than in a collective, which a long
+    preparation (a tokenizer trained on gigabytes) would time out."""
     path = cache_path(recipe, task)
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        _wait_for(path / "stats.json")
     if (path / "stats.json").is_file():
         return _load(path)
     built = build()
     _store(built, path)
     built.stats["cache"] = str(path)
     return built
+
+
+def _wait_for(marker: Path, poll_seconds: float = 1.0) -> None:
+    """Sleep until the first process has stored the data. If it fails instead, the launcher
+    (torchrun, accelerate) ends this process along with it."""
+    import time
+
+    if not marker.is_file():
+        logger.info("data: waiting for the first process to prepare %s", marker.parent)
+    while not marker.is_file():
+        time.sleep(poll_seconds)
 
 
 def _load(path: Path) -> PreparedData:
