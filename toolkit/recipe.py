@@ -70,6 +70,14 @@ class Data:
     too_long: Literal["skip", "error"] = "skip"  # an example over max_length tokens
     completion_only_loss: bool = True  # loss on completion / assistant tokens only
     packing: bool = True  # many examples per row, position_ids restarting, no padding
+    cleaning: Cleaning = field(default_factory=Cleaning)
+    cache_dir: str = "~/.cache/toolkit"
+    num_proc: int | None = None
+    # Streaming (pretraining text): read the corpus as it trains, tokenized and packed on the
+    # fly, in memory that does not grow with the corpus; training is counted in max_steps.
+    streaming: bool = False
+    eval_documents: int = 1000  # streaming: held out from the head of the stream (without eval_sources)
+    shuffle_buffer: int = 10000  # streaming: documents shuffled at a time
 
     @property
     def row_key(self) -> str:
@@ -79,9 +87,6 @@ class Data:
     @property
     def row_length(self) -> int:
         return getattr(self, self.row_key)
-    cleaning: Cleaning = field(default_factory=Cleaning)
-    cache_dir: str = "~/.cache/toolkit"
-    num_proc: int | None = None
 
 
 @dataclass
@@ -93,6 +98,7 @@ class Tokenizer:
     bos_token: str = "<|endoftext|>"
     eos_token: str = "<|endoftext|>"
     pad_token: str = "<|pad|>"
+    training_documents: int = 100000  # with data.streaming: a new BPE learns from the stream's first documents
 
 
 @dataclass
@@ -533,6 +539,8 @@ def _check_consistency(recipe: Recipe, origins: _OriginMap) -> None:
         )
     if recipe.data.block_size < 2:
         raise ToolkitError(f"{origins(('data', 'block_size'))}: data.block_size must be at least 2")
+    if recipe.data.streaming:
+        _check_streaming(recipe, origins)
     if recipe.hub.push and not recipe.hub.model_id:
         raise ToolkitError(f"{origins(('hub', 'push'))}: hub.push is true but hub.model_id is not set (namespace/name)")
     if recipe.hub.model_id and recipe.hub.model_id.count("/") != 1:
@@ -552,6 +560,23 @@ def _check_consistency(recipe: Recipe, origins: _OriginMap) -> None:
         TrainingArguments(**training_arguments(recipe))
     except (ValueError, TypeError, ImportError) as err:
         raise ToolkitError(f"{origins(('training',))}: training: {first_line(err)}") from None
+
+
+def _check_streaming(recipe: Recipe, origins: _OriginMap) -> None:
+    data = recipe.data
+    if data.format != "text":
+        raise ToolkitError(f"{origins(('data', 'streaming'))}: data.streaming reads plain text for pretraining;"
+                           f" data.format {data.format!r} needs data.streaming=false")
+    if data.cleaning.deduplicate:
+        raise ToolkitError(f"{origins(('data', 'streaming'))}: data.cleaning.deduplicate keeps every document's hash,"
+                           " memory that grows with the corpus; with data.streaming set data.cleaning.deduplicate=false"
+                           " (deduplicate the files beforehand)")
+    if (recipe.training.get("max_steps") or -1) <= 0:
+        raise ToolkitError(f"{origins(('data', 'streaming'))}: a streamed corpus has no length, so epochs cannot be"
+                           " counted; set training.max_steps")
+    if not data.eval_sources and data.eval_documents < 1:
+        raise ToolkitError(f"{origins(('data', 'eval_documents'))}: data.eval_documents must be at least 1"
+                           " (or list data.eval_sources)")
 
 
 # TrainingArguments values under which evaluation would drop or never gather the

@@ -130,7 +130,7 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
         callbacks.append(
             EarlyStoppingCallback(recipe.evaluation.early_stopping_patience, recipe.evaluation.early_stopping_threshold)
         )
-    packed = "position_ids" in train_dataset.column_names
+    packed = "position_ids" in (getattr(train_dataset, "column_names", None) or [])  # a stream has none
     trainer = CausalLMTrainer(
         model=model,
         args=args,

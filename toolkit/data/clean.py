@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 
 from datasets import Dataset
 
@@ -50,6 +51,42 @@ def stopword_pattern(words: list[str]) -> re.Pattern:
     return re.compile(rf"\b(?:{alternatives})\b[ \t]?", re.IGNORECASE)
 
 
+def rewrites(cfg: Cleaning) -> list[tuple[str, Callable[[str], str]]]:
+    """The enabled steps that rewrite a document, in order."""
+    steps = []
+    if cfg.unicode_normalization:
+        form = cfg.unicode_normalization
+        steps.append(("unicode_normalization", lambda t: unicodedata.normalize(form, t)))
+    if cfg.normalize_whitespace:
+        steps.append(("normalize_whitespace", normalize_whitespace))
+    if cfg.remove_stopwords:
+        pattern = stopword_pattern(cfg.stopwords or ENGLISH_STOPWORDS)
+        steps.append(("remove_stopwords", lambda t: pattern.sub("", t).strip()))
+    return steps
+
+
+def filters(cfg: Cleaning) -> list[tuple[str, Callable[[str], bool]]]:
+    """The enabled steps that keep or drop a document (after the rewrites), in order."""
+    steps = []
+    if cfg.min_chars > 0:
+        steps.append(("min_chars", lambda t: len(t) >= cfg.min_chars))
+    if cfg.max_chars is not None:
+        steps.append(("max_chars", lambda t: len(t) <= cfg.max_chars))
+    return steps
+
+
+def document_cleaner(cfg: Cleaning) -> Callable[[str], str | None]:
+    """Every step but deduplication, for one document at a time (streaming): the text, or None to drop it."""
+    steps, tests = [fn for _, fn in rewrites(cfg)], [fn for _, fn in filters(cfg)]
+
+    def clean(text: str) -> str | None:
+        for fn in steps:
+            text = fn(text)
+        return text if all(test(text) for test in tests) else None
+
+    return clean
+
+
 def clean_corpus(ds: Dataset, cfg: Cleaning, num_proc: int | None = None) -> tuple[Dataset, dict]:
     """Run the enabled steps in order; return the cleaned dataset and per-step counts."""
     stats: dict[str, dict] = {"documents_in": len(ds)}
@@ -78,18 +115,10 @@ def clean_corpus(ds: Dataset, cfg: Cleaning, num_proc: int | None = None) -> tup
     if "text" not in ds.column_names:  # pairs and conversations: only exact duplicates go
         cfg = Cleaning(unicode_normalization=None, normalize_whitespace=False, min_chars=0,
                        deduplicate=cfg.deduplicate)
-    if cfg.unicode_normalization:
-        form = cfg.unicode_normalization
-        rewrite("unicode_normalization", lambda t: unicodedata.normalize(form, t))
-    if cfg.normalize_whitespace:
-        rewrite("normalize_whitespace", normalize_whitespace)
-    if cfg.remove_stopwords:
-        pattern = stopword_pattern(cfg.stopwords or ENGLISH_STOPWORDS)
-        rewrite("remove_stopwords", lambda t: pattern.sub("", t).strip())
-    if cfg.min_chars > 0:
-        keep("min_chars", lambda t: len(t) >= cfg.min_chars)
-    if cfg.max_chars is not None:
-        keep("max_chars", lambda t: len(t) <= cfg.max_chars)
+    for name, fn in rewrites(cfg):
+        rewrite(name, fn)
+    for name, predicate in filters(cfg):
+        keep(name, predicate)
     if cfg.deduplicate:
         before = len(ds)
         ds = deduplicate(ds, num_proc)

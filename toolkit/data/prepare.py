@@ -76,8 +76,25 @@ def _tokenizer_stamp(name: str | None, revision: str | None):
 
 
 def prepare_pretraining_data(recipe: Recipe) -> PreparedData:
-    """Packed blocks and their tokenizer, from the cache or built and stored there."""
-    return _cached(recipe, "pretraining", lambda: _build_pretraining(recipe))
+    """Packed blocks and their tokenizer, from the cache or built and stored there.
+
+    With data.streaming, only the held-out blocks and the tokenizer are cached; training
+    blocks are made while training, from the stream (see streaming.py).
+    """
+    if not recipe.data.streaming:
+        return _cached(recipe, "pretraining", lambda: _build_pretraining(recipe))
+    from toolkit.data.streaming import PackedStream, prepare_streaming, training_documents
+
+    def build():
+        found = {}
+        eval_blocks, tokenizer, stats = prepare_streaming(
+            recipe, lambda texts, count: _pretraining_tokenizer(recipe, texts, count, found))
+        return PreparedData(None, eval_blocks, tokenizer, {**stats, **found, "from_cache": False})
+
+    data = _cached(recipe, "pretraining-stream", build)
+    data.train = PackedStream(training_documents(recipe), data.tokenizer, recipe.data.block_size,
+                              recipe.training.get("seed", 42), recipe.data.shuffle_buffer)
+    return data
 
 
 def prepare_finetuning_data(recipe: Recipe, tokenizer) -> PreparedData:
@@ -116,8 +133,8 @@ def _load(path: Path) -> PreparedData:
 
     stats = json.loads((path / "stats.json").read_text())
     stats.update(from_cache=True, cache=str(path))
-    train = load_from_disk(str(path / "train"))
-    logger.info("data: loaded from cache %s (%s training rows)", path, f"{len(train):,}")
+    train = load_from_disk(str(path / "train")) if (path / "train").is_dir() else None  # None: streamed
+    logger.info("data: loaded from cache %s (%s training rows)", path, f"{len(train):,}" if train else "streamed")
     return PreparedData(
         train=train,
         eval=load_from_disk(str(path / "eval")),
@@ -131,7 +148,8 @@ def _store(data: PreparedData, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
     try:
-        data.train.save_to_disk(str(tmp / "train"))
+        if data.train is not None:
+            data.train.save_to_disk(str(tmp / "train"))
         data.eval.save_to_disk(str(tmp / "eval"))
         data.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "stats.json").write_text(json.dumps(data.stats, indent=2))
@@ -188,15 +206,7 @@ def _build_pretraining(recipe: Recipe) -> PreparedData:
     num_proc = data.num_proc
     train, held_out, stats = split_corpus(recipe)
 
-    name, revision = pretrained_tokenizer_name(recipe.tokenizer, recipe.model)
-    if name:
-        tokenizer = load_pretrained_tokenizer(name, recipe.tokenizer, revision)
-        stats["tokenizer"] = {"pretrained": name, "vocab_size": len(tokenizer)}
-    else:
-        logger.info("tokenizer: training a byte-level BPE, vocab_size=%d, on %d documents", recipe.tokenizer.vocab_size, len(train))
-        tokenizer = train_bpe(_batches(train), recipe.tokenizer, length=len(train))
-        stats["tokenizer"] = {"trained": "byte-level BPE", "vocab_size": len(tokenizer)}
-
+    tokenizer = _pretraining_tokenizer(recipe, _batches(train), len(train), stats)
     train_ids = tokenize(train, tokenizer, num_proc)
     eval_ids = tokenize(held_out, tokenizer, num_proc)
     train_blocks, dropped = pack(train_ids, data.block_size)
@@ -221,6 +231,19 @@ def _build_pretraining(recipe: Recipe) -> PreparedData:
         f"{train_tokens:,}", f"{len(train_blocks):,}", data.block_size, f"{dropped:,}", f"{stats['eval_tokens']:,}",
     )
     return PreparedData(train_blocks, eval_blocks, tokenizer, stats)
+
+
+def _pretraining_tokenizer(recipe: Recipe, texts, count: int, stats: dict):
+    """The recipe's pretrained tokenizer, or a byte-level BPE trained on `texts` (about `count` of them)."""
+    name, revision = pretrained_tokenizer_name(recipe.tokenizer, recipe.model)
+    if name:
+        tokenizer = load_pretrained_tokenizer(name, recipe.tokenizer, revision)
+        stats["tokenizer"] = {"pretrained": name, "vocab_size": len(tokenizer)}
+    else:
+        logger.info("tokenizer: training a byte-level BPE, vocab_size=%d, on %d documents", recipe.tokenizer.vocab_size, count)
+        tokenizer = train_bpe(texts, recipe.tokenizer, length=count)
+        stats["tokenizer"] = {"trained": "byte-level BPE", "vocab_size": len(tokenizer)}
+    return tokenizer
 
 
 def apply_weights(ds: Dataset, weights: list[float], seed: int) -> Dataset:

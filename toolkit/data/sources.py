@@ -20,7 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset, IterableDataset, concatenate_datasets
 
 from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import Source
@@ -179,41 +179,57 @@ def source_fingerprint(source: Source) -> dict:
     return spec
 
 
-def load_source(source: Source, index: int, fmt: str = "text") -> Dataset:
-    """Load one source as a Dataset of the format's canonical columns plus `source` (its index)."""
+def load_source(source: Source, index: int, fmt: str = "text", streaming: bool = False) -> Dataset | IterableDataset:
+    """Load one source as the format's canonical columns plus `source` (its index).
+
+    With `streaming`, an IterableDataset that reads as it is iterated: nothing is loaded in full.
+    """
     from datasets import load_dataset
 
     if source.builtin:
         ds = Dataset.from_dict(BUILTIN_CORPORA[source.builtin]())
+        ds = ds.to_iterable_dataset() if streaming else ds
     elif source.files:
         files = resolve_files(source)
         builder = FILE_FORMATS[Path(files[0]).suffix.lower()]
         kwargs = {"sample_by": "document"} if builder == "text" else {}  # one file, one document
         try:
-            ds = load_dataset(builder, data_files=files, split="train", **kwargs)
+            ds = load_dataset(builder, data_files=files, split="train", streaming=streaming, **kwargs)
         except Exception as err:  # malformed JSON/CSV: say which files, not a parser traceback
             raise ToolkitError(f"could not read {', '.join(files[:3])}: {first_line(err)}") from None
     else:
         try:
-            ds = load_dataset(source.hub, source.config, split=source.split, revision=source.revision)
+            ds = load_dataset(source.hub, source.config, split=source.split, revision=source.revision, streaming=streaming)
         except Exception as err:  # offline, unknown name, wrong config or split
             raise ToolkitError(f"could not load Hub dataset {source.hub!r}: {first_line(err)}") from None
     name = source.builtin or source.hub or source.files
+    found = ds.column_names or _first_columns(ds, name)  # a stream may not know its columns before reading
     columns = [(getattr(source, attr), canonical) for attr, canonical in FORMAT_COLUMNS[fmt]]
     for column, canonical in columns:
-        if column not in ds.column_names:
+        if column not in found:
             key = next(attr for attr, c in FORMAT_COLUMNS[fmt] if c == canonical)
             raise ToolkitError(
-                f"{canonical} column {column!r} not in {name}; its columns are {', '.join(ds.column_names)}"
+                f"{canonical} column {column!r} not in {name}; its columns are {', '.join(found)}"
                 f" (set data.sources[].{key})"
             )
     if source.limit is not None:
-        ds = ds.select(range(min(source.limit, len(ds))))
+        ds = ds.take(source.limit) if streaming else ds.select(range(min(source.limit, len(ds))))
     ds = ds.select_columns([c for c, _ in columns])
     ds = ds.rename_columns({c: canonical for c, canonical in columns if c != canonical})
     if fmt != "chat":
         ds = ds.map(lambda b: {k: [_as_text(t) for t in b[k]] for k in b}, batched=True)
+    if streaming:
+        return ds.map(lambda b: {"source": [index] * len(b["text"])}, batched=True)
     return ds.add_column("source", [index] * len(ds))
+
+
+def _first_columns(ds: IterableDataset, name) -> list[str]:
+    try:
+        return list(next(iter(ds)).keys())
+    except StopIteration:
+        raise ToolkitError(f"{name} holds no documents; check data.sources") from None
+    except Exception as err:
+        raise ToolkitError(f"could not read {name}: {first_line(err)}") from None
 
 
 def _as_text(value) -> str:
