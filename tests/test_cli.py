@@ -106,3 +106,24 @@ def test_commands_refuse_a_folder_that_is_no_run(tmp_path):
     assert_refused(toolkit("report", str(tmp_path)), "is no finished toolkit run")
     assert_refused(toolkit("push", str(tmp_path), "--repo-id", "a/b"), "is no finished toolkit run")
     assert_refused(toolkit("generate", str(tmp_path), "--prompt", "x"), "holds no model")
+
+
+@pytest.mark.parametrize("config, fragment", [
+    ("missing.yaml", "accelerate config file not found"),
+    ("bogus.yaml", "unknown distributed_type 'MULTI_GPUS'; did you mean MULTI_GPU?"),
+    ("broken.yaml", "broken.yaml, line 3: YAML syntax error"),
+])
+def test_launch_refuses_a_bad_accelerate_config(tmp_path, config, fragment):
+    (tmp_path / "bogus.yaml").write_text("distributed_type: MULTI_GPUS\nnum_processes: 2\n")
+    (tmp_path / "broken.yaml").write_text("distributed_type: NO\nnum_processes: [2\n")
+    assert_refused(toolkit("launch", str(tmp_path / config), str(ROOT / "recipes" / "pretrain.py")), fragment)
+
+
+def test_launch_with_deepspeed_config_says_how_to_install_it():
+    pytest.importorskip("accelerate")
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed here")
+    result = toolkit("launch", str(ROOT / "accelerate_configs" / "deepspeed_zero3.yaml"), str(ROOT / "recipes" / "pretrain.py"))
+    assert_refused(result, "DeepSpeed, which is not installed", "pip install deepspeed")

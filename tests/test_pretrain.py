@@ -1,7 +1,7 @@
 """The pretraining recipe end to end, in real subprocesses: outputs, cache, resume, launchers."""
 
 import json
-import sys
+import shutil
 
 import pytest
 import torch
@@ -116,7 +116,7 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tiny, tmp_path
     path = write_recipe(tmp_path, tiny)
     configs = ROOT / "accelerate_configs"
     # Two processes first, on a fresh data cache: the first process prepares it, the other waits.
-    two = run(["accelerate", "launch", "--config_file", str(configs / "cpu_2proc.yaml"), str(PRETRAIN),
+    two = run([shutil.which("toolkit") or "toolkit", "launch", str(configs / "cpu_2proc.yaml"), str(PRETRAIN),
                "--config", str(path), f"training.output_dir={tmp_path / 'two'}", "training.per_device_train_batch_size=4"])
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("run finished") == 1  # the summary comes from the main process only

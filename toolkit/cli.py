@@ -1,10 +1,11 @@
-"""The `toolkit` command: check, plan, sample, report and push, reusing the recipes' own stages.
+"""The `toolkit` command: check, plan, sample, report, push and launch, reusing the recipes' own stages.
 
     toolkit validate RECIPE [--data] [key=value ...]
     toolkit plan RECIPE [--gpu NAME] [--num-processes N] [key=value ...]
     toolkit generate MODEL_DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--chat]
     toolkit report RUN_DIR
     toolkit push RUN_DIR --repo-id NAMESPACE/NAME [--public]
+    toolkit launch ACCELERATE_CONFIG SCRIPT [recipe arguments ...]
 """
 
 from __future__ import annotations
@@ -106,6 +107,12 @@ def cmd_push(args) -> None:
     print(f"pushed {folder} to {url}")
 
 
+def cmd_launch(args) -> None:
+    from toolkit.launch import launch
+
+    launch(args.config_file, args.script, args.args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="toolkit", description="Check, plan, sample, report and push toolkit runs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,10 +141,15 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("run_dir")
     u.add_argument("--repo-id", help="namespace/name")
     u.add_argument("--public", action="store_true", help="a public repository (default: private)")
+    la = sub.add_parser("launch", help="accelerate launch, with the accelerate config checked first")
+    la.add_argument("config_file", help="an accelerate config, e.g. accelerate_configs/multi_gpu.yaml")
+    la.add_argument("script", help="e.g. recipes/pretrain.py")
+    la.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
     return p
 
 
-COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "generate": cmd_generate, "report": cmd_report, "push": cmd_push}
+COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "generate": cmd_generate, "report": cmd_report, "push": cmd_push,
+            "launch": cmd_launch}
 
 
 @exit_on_user_error

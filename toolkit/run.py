@@ -130,6 +130,10 @@ def utilisation(trainer, recipe: Recipe, tokens_per_second: float) -> dict:
 
 def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started: float) -> None:
     """Save the model and every result; push when asked; print the summary; end the process group."""
+    if trainer.is_fsdp_enabled:
+        # Checkpoints stay sharded (fast, each process its part); the model itself is one
+        # consolidated file that from_pretrained loads on any number of devices.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model()  # model (safetensors) and tokenizer, loadable with from_pretrained
     drawn = samples(trainer, recipe)  # on every process: a sharded model generates together
     if trainer.is_world_process_zero():
