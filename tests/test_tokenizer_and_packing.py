@@ -65,3 +65,13 @@ def test_collator_masks_padding_only_even_when_pad_is_eos():
     assert batch["labels"].tolist() == [[1, 2, eos, -100, -100], [3, eos, 4, 5, eos]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert batch["input_ids"].dtype == torch.long
+
+
+def test_fast_id_encoding_equals_the_tokenizer_call():
+    """tokenize() asks the Rust tokenizer for ids only; they must be the ids of a normal call."""
+    from toolkit.data.packing import ids_encoder
+
+    docs = python_docs()["text"]
+    tok = small_bpe(600)
+    sample = docs[::7] + ["", "  indented\n\ttabs", "naïve ünïcode — ✓"]
+    assert ids_encoder(tok)(sample) == tok(sample, add_special_tokens=False)["input_ids"]

@@ -151,6 +151,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 2,
     "seed": 42,
     "include_num_input_tokens_seen": "non_padding",  # for tokens/s in the logs and the model card
+    # One fused kernel for all parameters instead of a loop over them: on 2 CPU cores,
+    # 1.8 ms against 15.6 ms per step for 4M parameters; on GPUs the usual fast choice.
+    "optim": "adamw_torch_fused",
     # Trainer's default replaces a NaN or infinite loss in the logs by the running mean,
     # hiding a diverged run; the toolkit stops on it instead (training.py).
     "logging_nan_inf_filter": False,

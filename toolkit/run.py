@@ -16,6 +16,7 @@ from toolkit.modeling import count_parameters
 from toolkit.outputs import FINAL_FILE, read_json, write_json, write_recipe
 from toolkit.publish import plot_training, push_run, write_model_card
 from toolkit.recipe import Recipe
+from toolkit.throughput import peak_memory_bytes
 
 logger = logging.getLogger("toolkit")
 
@@ -145,6 +146,24 @@ def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started
         torch.distributed.destroy_process_group()
 
 
+def fast_path(trainer, recipe: Recipe) -> dict:
+    """Which speed switches this run had on, decided or defaulted, as the run saw them."""
+    args, model = trainer.args, trainer.model
+    return {
+        "precision": "bf16" if args.bf16 else ("fp16" if args.fp16 else "fp32"),
+        "attention": getattr(model.config, "_attn_implementation", None),
+        "optimizer": str(getattr(args.optim, "value", args.optim)),
+        "torch_compile": bool(args.torch_compile),
+        "liger_kernel": bool(getattr(args, "use_liger_kernel", False)),
+        "activation_checkpointing": bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing),
+        "padding_free_packing": recipe.data.format != "text" and recipe.data.packing,
+        "packed_blocks": recipe.data.format == "text",
+        "pretokenized_cache": not recipe.data.streaming,
+        "dataloader_workers": args.dataloader_num_workers,
+        "pin_memory": bool(args.dataloader_pin_memory),
+    }
+
+
 def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, after: list[dict], started: float) -> None:
     out = recipe.output_dir
     trainer.save_state()
@@ -177,6 +196,8 @@ def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, aft
         "world_size": trainer.args.world_size,
         "platform": platform.platform(),
         "torch": torch.__version__,
+        "peak_memory_gib": round((peak_memory_bytes() or 0) / 2**30, 3),  # GPU allocated, or host resident set
+        "fast_path": fast_path(trainer, recipe),
     })
     scores = ("_loss", "_perplexity", "_tokens")
     write_json(out, FINAL_FILE, {k: v for k, v in results.items() if "eval_" in k and k.endswith(scores)})

@@ -17,6 +17,7 @@ from toolkit.hardware import has_accelerator
 from toolkit.outputs import last_complete_checkpoint, mark_complete
 from toolkit.publish import PushEverySave
 from toolkit.recipe import Recipe, training_arguments
+from toolkit.throughput import add_throughput_callback
 
 logger = logging.getLogger("toolkit")
 
@@ -144,6 +145,7 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
         preprocess_logits_for_metrics=token_nll,
         callbacks=callbacks,
     )
+    add_throughput_callback(trainer, recipe.data.row_length)  # tokens/s, MFU, peak memory in every log
     for callback in trainer.callback_handler.callbacks:
         # TensorBoard opens its writer at the first log; before training (the initial evaluation)
         # it would otherwise write to ./runs in the working directory.

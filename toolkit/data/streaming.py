@@ -16,7 +16,7 @@ import torch
 from datasets import Dataset, IterableDataset, interleave_datasets
 
 from toolkit.data.clean import clean_corpus, document_cleaner, text_hash
-from toolkit.data.packing import pack, tokenize
+from toolkit.data.packing import ids_encoder, pack, tokenize
 from toolkit.data.sources import load_source, load_sources
 from toolkit.errors import ToolkitError
 from toolkit.recipe import Recipe
@@ -98,6 +98,7 @@ class PackedStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         tok = self.tokenizer
+        encode_ids = ids_encoder(tok)
         eos = [tok.eos_token_id]
         bos = [tok.bos_token_id] if tok.bos_token_id not in (None, tok.eos_token_id) else []
         shuffled = self.documents.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
@@ -108,7 +109,7 @@ class PackedStream(torch.utils.data.IterableDataset):
             read = 0
             for batch in iter(lambda: list(itertools.islice(mine, TOKENIZE_BATCH)), []):
                 read += len(batch)
-                for ids in tok([d["text"] for d in batch], add_special_tokens=False)["input_ids"]:
+                for ids in encode_ids([d["text"] for d in batch]):
                     tokens += bos + ids + eos
                 while len(tokens) >= self.block_size:
                     yield {"input_ids": tokens[: self.block_size]}
