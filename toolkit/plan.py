@@ -137,13 +137,16 @@ def gpu_in_device_name(device_name: str) -> tuple[str, dict[str, float]] | None:
     return max(matches, key=lambda m: len(m[0]), default=None)  # the most specific name
 
 
-def flops_per_token(model, sequence_length: int) -> int:
+def flops_per_token(model, sequence_length: int) -> int | None:
     """ANCHORS.md: 6N + 12·L·d·T, N without position embeddings, tied embeddings once."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     unique = {id(p): p.numel() for p in base.parameters()}
     n = sum(unique.values()) - sum(m.weight.numel() for m in _position_embeddings(base))
     config = base.config
-    return 6 * n + 12 * config.num_hidden_layers * config.hidden_size * sequence_length
+    layers, width = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+    if layers is None or width is None:
+        return None  # a composite model (EncoderDecoderModel) has no single L and d to count with
+    return 6 * n + 12 * layers * width * sequence_length
 
 
 def _squash(name: str) -> str:

@@ -41,6 +41,8 @@ class Source:
     prompt_column: str = "prompt"  # data.format prompt_completion
     completion_column: str = "completion"
     messages_column: str = "messages"  # data.format chat: a list of {role, content}
+    source_column: str = "source"  # seq2seq: the source sentence or document (WMT-style: translation.en)
+    target_column: str = "target"  # seq2seq: the reference translation or summary (translation.de)
     weight: float = 1.0  # how many times each training document is seen (0.5: half of them)
     limit: int | None = None  # keep at most this many documents (quick looks, tests)
 
@@ -148,8 +150,6 @@ class Seq2Seq:
     """recipes/seq2seq.py: translation or summarization pairs, how to generate, what to score."""
 
     task: Literal["translation", "summarization"] = "translation"
-    source_column: str = "source"  # translation: the source sentence; summarization: the document
-    target_column: str = "target"  # translation: the reference; summarization: the summary
     source_lang: str | None = None  # e.g. en: named in the card, and in the default prefix
     target_lang: str | None = None  # e.g. de
     prefix: str = ""  # put before every source, e.g. "translate English to German: "

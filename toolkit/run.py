@@ -49,6 +49,7 @@ def start_run(argv: list[str] | None, default_recipe) -> RunStart:
 
 
 INIT_EVAL_FILE = "init_eval_results.json"
+SCORES = ("perplexity", "bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match", "f1")
 SAMPLES_BEFORE_FILE = "samples_before.json"
 
 
@@ -71,13 +72,13 @@ class BeforeTraining(TrainerCallback):
     here, so a sharded model can evaluate and generate.
     """
 
-    def __init__(self, trainer, recipe: Recipe):
-        self.trainer, self.recipe, self.metrics = trainer, recipe, None
+    def __init__(self, trainer, recipe: Recipe, draw):
+        self.trainer, self.recipe, self.draw, self.metrics = trainer, recipe, draw, None
 
     def on_train_begin(self, args, state, control, **kwargs):
         started = time.time()
         self.metrics = self.trainer.evaluate(metric_key_prefix="init_eval")
-        drawn = samples(self.trainer, self.recipe)  # on every process, for the same reason
+        drawn = self.draw(self.trainer, self.recipe)  # on every process, for the same reason
         if self.trainer.is_world_process_zero():
             write_json(self.recipe.output_dir, SAMPLES_BEFORE_FILE, drawn)
             write_json(self.recipe.output_dir, INIT_EVAL_FILE, self.metrics)
@@ -96,8 +97,11 @@ def _without(seconds: float, train_metrics: dict) -> dict:
     return out
 
 
-def train_and_evaluate(trainer, recipe: Recipe, resume_from: str | None) -> dict:
-    """Perplexity before training, the training itself (resumed when possible), perplexity after."""
+def train_and_evaluate(trainer, recipe: Recipe, resume_from: str | None, draw=samples) -> dict:
+    """Scores before training, the training itself (resumed when possible), scores after.
+
+    `draw(trainer, recipe)` gives the samples shown before and after: [{prompt, completion}].
+    """
     out = recipe.output_dir
     if trainer.is_world_process_zero():
         write_recipe(recipe)  # first write to the folder: everything before it was checked or prepared
@@ -106,12 +110,13 @@ def train_and_evaluate(trainer, recipe: Recipe, resume_from: str | None) -> dict
         # On resume the initial figure is read back, not measured on the restored weights.
         results = read_json(out, INIT_EVAL_FILE) if resume_from else None
         if results is None and not resume_from:
-            before = BeforeTraining(trainer, recipe)
+            before = BeforeTraining(trainer, recipe, draw)
             trainer.add_callback(before)
     train = trainer.train(resume_from_checkpoint=resume_from)
     results = dict(before.metrics if before else results or {})
-    if "init_eval_perplexity" in results:
-        logger.info("before training: perplexity %.2f", results["init_eval_perplexity"])
+    before_scores = {k.removeprefix("init_eval_"): v for k, v in results.items() if k.removeprefix("init_eval_") in SCORES}
+    if before_scores:
+        logger.info("before training: %s", ", ".join(f"{k} {v:.4g}" for k, v in before_scores.items()))
     results.update(_without(before.seconds if before else 0.0, train.metrics))
     results.update(trainer.evaluate())
     return results
@@ -121,7 +126,10 @@ def utilisation(trainer, recipe: Recipe, tokens_per_second: float) -> dict:
     """Achieved model FLOP/s, and MFU against the bf16 peak when the GPU is a known one."""
     from toolkit.plan import flops_per_token, gpu_in_device_name
 
-    achieved = flops_per_token(trainer.model, recipe.data.row_length) * tokens_per_second
+    per_token = flops_per_token(trainer.model, recipe.data.row_length)
+    if per_token is None:
+        return {}
+    achieved = per_token * tokens_per_second
     out = {"train_model_flops_per_second": round(achieved)}
     known = gpu_in_device_name(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
     if known:
@@ -129,14 +137,14 @@ def utilisation(trainer, recipe: Recipe, tokens_per_second: float) -> dict:
     return out
 
 
-def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started: float) -> None:
+def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started: float, draw=samples) -> None:
     """Save the model and every result; push when asked; print the summary; end the process group."""
     if trainer.is_fsdp_enabled:
         # Checkpoints stay sharded (fast, each process its part); the model itself is one
         # consolidated file that from_pretrained loads on any number of devices.
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model()  # model (safetensors) and tokenizer, loadable with from_pretrained
-    drawn = samples(trainer, recipe)  # on every process: a sharded model generates together
+    drawn = draw(trainer, recipe)  # on every process: a sharded model generates together
     if trainer.is_world_process_zero():
         _write_results(trainer, recipe, data_stats, results, drawn, started)
     # The other processes wait for the main one: one that exits while gloo still holds
@@ -199,14 +207,16 @@ def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, aft
         "peak_memory_gib": round((peak_memory_bytes() or 0) / 2**30, 3),  # GPU allocated, or host resident set
         "fast_path": fast_path(trainer, recipe),
     })
-    scores = ("_loss", "_perplexity", "_tokens")
-    write_json(out, FINAL_FILE, {k: v for k, v in results.items() if "eval_" in k and k.endswith(scores)})
+    timings = ("_runtime", "_per_second", "_model_preparation_time")
+    write_json(out, FINAL_FILE, {k: v for k, v in results.items() if "eval_" in k and not k.endswith(timings)})
     plot_training(out)
     write_model_card(out)  # after the adapter's own README, which it replaces
     lines = {"model": out.resolve()}
-    if "init_eval_perplexity" in results:
-        lines["perplexity before"] = f"{results['init_eval_perplexity']:.2f}"
-    lines["perplexity after"] = f"{results['eval_perplexity']:.2f}"
+    for name in SCORES:  # perplexity for language models; BLEU, chrF, ROUGE, EM, F1 for the tasks
+        if f"eval_{name}" in results:
+            if f"init_eval_{name}" in results:
+                lines[f"{name} before"] = f"{results[f'init_eval_{name}']:.4g}"
+            lines[f"{name} after"] = f"{results[f'eval_{name}']:.4g}"
     lines["training steps"] = trainer.state.global_step
     lines["wall time"] = f"{results['wall_time_s']:.0f} s"
     if "train_tokens_per_second" in results:
@@ -215,7 +225,8 @@ def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, aft
         lines["MFU"] = f"{100 * results['mfu']:.1f}%"
     lines["model card"] = out / "README.md"
     for s in written:
-        lines[f"sample {s['prompt']!r}"] = repr(s["completion"][:120])
+        shown = s["prompt"] if len(s["prompt"]) <= 60 else s["prompt"][:57] + "..."
+        lines[f"sample {shown!r}"] = repr(s["completion"][:120])
     if recipe.hub.push:
         lines["hub"] = push_run(recipe)
     print("\n[toolkit] run finished\n" + summary(lines), flush=True)

