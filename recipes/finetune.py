@@ -9,7 +9,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+# The checkout's root in place of recipes/ on the path: the toolkit imports without installing,
+# and recipes/evaluate.py cannot shadow the `evaluate` library.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from toolkit.data.prepare import check_data, prepare_finetuning_data  # noqa: E402
 from toolkit.errors import ToolkitError, exit_on_user_error  # noqa: E402

@@ -8,7 +8,9 @@ Recipe, data, tokenizer, model, train, evaluate, save: each stage lives in `tool
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+# The checkout's root in place of recipes/ on the path: the toolkit imports without installing,
+# and recipes/evaluate.py cannot shadow the `evaluate` library.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from toolkit.data.prepare import check_data, prepare_pretraining_data  # noqa: E402
 from toolkit.errors import exit_on_user_error  # noqa: E402

@@ -10,14 +10,15 @@ standard-library docstrings with an encoder-decoder warm-started from MiniLM.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+# The checkout's root in place of recipes/ on the path: the toolkit imports without installing,
+# and recipes/evaluate.py cannot shadow the `evaluate` library.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from toolkit.data.prepare import check_data, prepare_seq2seq_data  # noqa: E402
 from toolkit.errors import exit_on_user_error  # noqa: E402
 from toolkit.run import finish_run, start_run, train_and_evaluate  # noqa: E402
-from toolkit.seq2seq import (  # noqa: E402
-    GeneratedScores, build_seq2seq_model, check_seq2seq_model_type, metric_names, samples,
-)
+from toolkit.scoring import generation_metrics  # noqa: E402
+from toolkit.seq2seq import build_seq2seq_model, check_metrics, check_seq2seq_model_type, samples  # noqa: E402
 from toolkit.training import build_seq2seq_trainer  # noqa: E402
 
 DEFAULT_RECIPE = Path(__file__).parent / "seq2seq" / "translation.yaml"
@@ -32,7 +33,7 @@ def main(argv=None):
         return
     check_data(recipe, "seq2seq")
     check_seq2seq_model_type(recipe)
-    scores = GeneratedScores.check(metric_names(recipe.seq2seq))
+    metrics = check_metrics(recipe.seq2seq)
 
     # 2. Pairs and tokenizer: built once, by the first process; the others read its cache.
     data = prepare_seq2seq_data(recipe)
@@ -41,7 +42,8 @@ def main(argv=None):
     model = build_seq2seq_model(recipe, data.tokenizer, seed=recipe.training["seed"])
 
     # 4. Train, with generated text scored before and after.
-    trainer = build_seq2seq_trainer(recipe, model, data.tokenizer, data.train, data.eval, scores(data.tokenizer))
+    trainer = build_seq2seq_trainer(recipe, model, data.tokenizer, data.train, data.eval,
+                                    generation_metrics(data.tokenizer, metrics))
     results = train_and_evaluate(trainer, recipe, run.resume_from, draw=samples(data.stats))
 
     # 5. Save the model, tokenizer, scores, samples, plots and card.

@@ -110,7 +110,15 @@ def write_model_card(folder: Path) -> Path:
             dataset_type=hub_datasets[0] if hub_datasets else "held-out", dataset_name=dataset_name,
             metric_type="perplexity", metric_name="Perplexity", metric_value=round(results["eval_perplexity"], 4),
         ))
-    tags = ["toolkit", "text-generation", "fine-tuned" if fine_tuned else "pretrained-from-scratch"]
+    task = _task(recipe)
+    for key, (metric_type, metric_name) in TASK_METRICS.items():
+        if f"eval_{key}" in results:
+            eval_results.append(EvalResult(
+                task_type=task[0], task_name=task[1], dataset_type=hub_datasets[0] if hub_datasets else "held-out",
+                dataset_name=", ".join(_source_name(s) for s in recipe["data"]["sources"]) + " (held-out split)",
+                metric_type=metric_type, metric_name=metric_name, metric_value=round(results[f"eval_{key}"], 4),
+            ))
+    tags = ["toolkit", task[0], "fine-tuned" if fine_tuned else "pretrained-from-scratch"]
     if lora.get("enabled"):
         tags.append("lora")
     data = ModelCardData(
@@ -121,7 +129,7 @@ def write_model_card(folder: Path) -> Path:
         tags=tags,
         datasets=hub_datasets or None,
         base_model=base if fine_tuned and _looks_like_hub_id(base) else None,
-        pipeline_tag="text-generation",
+        pipeline_tag=task[0],
         eval_results=eval_results or None,
     )
     body = _card_body(name, recipe, results, stats, info, everything, samples, folder)
@@ -129,6 +137,23 @@ def write_model_card(folder: Path) -> Path:
     path = folder / CARD_FILE
     card.save(path)
     return path
+
+
+# Task scores in eval_results.json: (model-index metric type, name shown).
+TASK_METRICS = {"bleu": ("bleu", "BLEU"), "chrf": ("chrf", "chrF"), "rouge1": ("rouge", "ROUGE-1"),
+                "rouge2": ("rouge", "ROUGE-2"), "rougeL": ("rouge", "ROUGE-L"), "rougeLsum": ("rouge", "ROUGE-Lsum"),
+                "exact_match": ("exact_match", "exact match"), "f1": ("f1", "F1")}
+
+
+def _task(recipe: dict) -> tuple[str, str]:
+    """(pipeline tag, task name) of the run: a causal LM, or the seq2seq or QA task its recipe names."""
+    if recipe.get("qa"):
+        return "question-answering", "Extractive question answering"
+    seq2seq = recipe.get("seq2seq")
+    if seq2seq:
+        kind = seq2seq.get("task", "translation")
+        return kind, "Translation" if kind == "translation" else "Summarization"
+    return "text-generation", "Causal language modeling"
 
 
 def _source_name(source: dict) -> str:
@@ -151,8 +176,17 @@ def _card_body(name, recipe, results, stats, info, everything, samples, folder) 
             else f"a {model.get('model_type')} model trained from scratch")
     lines = [f"# {name}", "", f"A causal language model, {what}, with toolkit, from one YAML recipe.", ""]
 
-    lines += ["## Evaluation", "", "Perplexity on the held-out split: exp(total cross-entropy / predicted tokens).", "",
-              "| | before training | after training |", "|---|---|---|"]
+    task = _task(recipe)
+    if task[0] != "text-generation":
+        what = f"a {task[1].lower()} model, {what.removeprefix('a ')}"
+        lines[2] = f"A {task[1].lower()} model ({what.split(', ', 1)[1]}), with toolkit, from one YAML recipe."
+    scored = [k for k in TASK_METRICS if f"eval_{k}" in results]
+    intro = ("Perplexity on the held-out split: exp(total cross-entropy / predicted tokens)." if not scored else
+             "On the held-out split: " + ", ".join(TASK_METRICS[k][1] for k in scored) + " (text generated or"
+             " extracted by the model, scored by the toolkit's metric modules).")
+    lines += ["## Evaluation", "", intro, "", "| | before training | after training |", "|---|---|---|"]
+    for key in scored:
+        lines.append(f"| {TASK_METRICS[key][1]} | {_fmt(results.get(f'init_eval_{key}'))} | {_fmt(results[f'eval_{key}'])} |")
     if "eval_perplexity" in results:
         lines.append(f"| perplexity | {_fmt(results.get('init_eval_perplexity'))} | {_fmt(results['eval_perplexity'])} |")
         lines.append(f"| loss (nats per token) | {_fmt(results.get('init_eval_loss'))} | {_fmt(results.get('eval_loss'))} |")

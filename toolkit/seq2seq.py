@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 from datasets import Dataset
 
 from toolkit.errors import ToolkitError
@@ -108,34 +107,14 @@ def check_seq2seq_model_type(recipe: Recipe) -> None:
                                " set seq2seq.encoder to warm-start one from it, or pick a t5/bart/marian model")
 
 
-class GeneratedScores:
-    """compute_metrics for Seq2SeqTrainer: decode generated ids and references, score with the metric modules."""
+def check_metrics(spec: Seq2Seq) -> list[str]:
+    """The recipe's metric names, each known (did-you-mean otherwise), before any work."""
+    from toolkit.metrics import path
 
-    def __init__(self, tokenizer, names: list[str]):
-        from toolkit.metrics import load
-
-        self.tokenizer, self.names = tokenizer, names
-        self.metrics = {name: load(name) for name in names}
-
-    @classmethod
-    def check(cls, names: list[str]):
-        """Unknown metric names fail before any work; returns a maker taking the tokenizer."""
-        from toolkit.metrics import path
-
-        for name in names:
-            path(name)
-        return lambda tokenizer: cls(tokenizer, names)
-
-    def decode(self, ids) -> list[str]:
-        ids = np.where(np.asarray(ids) < 0, self.tokenizer.pad_token_id, ids)  # -100 padding of gathered arrays
-        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-
-    def __call__(self, prediction) -> dict[str, float]:
-        predictions, references = self.decode(prediction.predictions), self.decode(prediction.label_ids)
-        scores = {}
-        for name, metric in self.metrics.items():
-            scores.update(metric.compute(predictions=predictions, references=references))
-        return {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+    names = metric_names(spec)
+    for name in names:
+        path(name)
+    return names
 
 
 def samples(stats: dict):

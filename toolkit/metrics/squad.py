@@ -1,0 +1,81 @@
+"""Exact match and token F1 (0-100) with the SQuAD v1.1 answer normalisation, as an offline `evaluate` module.
+
+Predictions are answer strings and references the gold answers of each question (a
+string or a list); a prediction scores the best of its gold answers, as in the official
+v1.1 script. Unlike the Hub's `squad` metric, no ids or nested dicts are needed.
+"""
+
+import collections
+import re
+import string
+
+import datasets
+import evaluate
+
+from toolkit.metrics import check_pairs
+
+_FEATURES = [
+    # The gold answers of a question (a list: the best match counts), or exactly one (a string).
+    datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}),
+    datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+]
+
+_INPUTS = """
+Args:
+    predictions: list of predicted answer strings.
+    references: list of gold answers per prediction: a string, or a list of strings (the best one counts).
+Returns:
+    exact_match, f1: 0-100, averaged over questions.
+"""
+
+_PUNCTUATION = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, drop ASCII punctuation, drop the articles a/an/the, collapse whitespace (SQuAD v1.1)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """Harmonic mean of precision and recall over the normalised answers' word tokens (a multiset)."""
+    predicted, expected = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    common = sum((collections.Counter(predicted) & collections.Counter(expected)).values())
+    # v1.1 gives 0 whenever no token is shared, even when both sides normalise to nothing;
+    # kept so that scores compare with published SQuAD v1.1 numbers.
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+class Squad(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="SQuAD v1.1 exact match and F1 (Rajpurkar et al., 2016) over answer strings.",
+            citation="Rajpurkar et al. SQuAD: 100,000+ Questions for Machine Comprehension of Text. EMNLP 2016.",
+            inputs_description=_INPUTS,
+            features=_FEATURES,
+            reference_urls=["https://rajpurkar.github.io/SQuAD-explorer/"],
+        )
+
+    def add_batch(self, *, predictions=None, references=None, **kwargs):
+        """Add a batch of predictions and their references; bad input is a one-line ToolkitError."""
+        check_pairs(predictions, references, self.name)
+        super().add_batch(predictions=predictions, references=references, **kwargs)
+
+    def _compute(self, predictions, references):
+        check_pairs(predictions, references, self.name)  # add() of single examples skips add_batch
+        em = f1 = 0.0
+        for prediction, ref in zip(predictions, references):
+            golds = [ref] if isinstance(ref, str) else [g for g in ref if g]
+            em += max(exact_match(prediction, g) for g in golds)
+            f1 += max(token_f1(prediction, g) for g in golds)
+        return {"exact_match": 100 * em / len(predictions), "f1": 100 * f1 / len(predictions)}
