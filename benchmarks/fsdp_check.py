@@ -25,20 +25,12 @@ RELOAD_TOLERANCE = 1e-3  # relative: the same weights scored again
 BETWEEN_TOLERANCE = 0.05  # relative: two bf16 runs of the same recipe
 
 
-def rescore(out: Path, overrides: list[str]) -> float:
+def rescore(out: Path) -> float:
     """Held-out perplexity of the model saved in `out`, reloaded from disk (run in a fresh process)."""
-    from transformers import AutoModelForCausalLM
-
     sys.path.insert(0, str(ROOT))
-    from toolkit.data.prepare import prepare_pretraining_data
-    from toolkit.recipe import load_recipe
-    from toolkit.training import build_trainer
+    from toolkit.rescore import rescore_run
 
-    recipe = load_recipe(out / "recipe.yaml", overrides)
-    data = prepare_pretraining_data(recipe)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    trainer = build_trainer(recipe, model, data.tokenizer, data.train, data.eval)
-    return trainer.evaluate()["eval_perplexity"]
+    return rescore_run(out)["eval_perplexity"]
 
 
 def main() -> int:
@@ -48,7 +40,7 @@ def main() -> int:
     p.add_argument("--rescore", help=argparse.SUPPRESS)  # internal: score one saved run
     args = p.parse_args()
     if args.rescore:
-        print(json.dumps({"perplexity": rescore(Path(args.rescore), [f"training.output_dir={args.rescore}"])}))
+        print(json.dumps({"perplexity": rescore(Path(args.rescore))}))
         return 0
 
     rows = {}

@@ -3,8 +3,10 @@
     python recipes/evaluate.py --predictions hyp.txt --references ref.txt [ref2.txt ...] \\
         [--metrics bleu chrf rouge squad] --output_dir DIR
     python recipes/evaluate.py --model MODEL_DIR --data python-docs|FILE [--limit N] --output_dir DIR
+    python recipes/evaluate.py --run RUN_DIR --output_dir DIR
 
-Files hold one example per line; `--references refs.jsonl` may hold a list of references
+`--run` scores a finished run's saved model again on its recipe's held-out data with its
+recipe's metrics (perplexity; BLEU and chrF or ROUGE; exact match and F1). Files hold one example per line; `--references refs.jsonl` may hold a list of references
 per line instead, and several `--references` files are parallel references, as with the
 `sacrebleu` command line. Each mode is a small function over `toolkit/scoring.py`.
 """
@@ -42,9 +44,11 @@ def parse_args(argv):
     model.add_argument("--limit", type=int, help="score at most this many documents")
     model.add_argument("--block_size", type=int, help="tokens per row (default: the model's positions, at most 1024)")
     model.add_argument("--batch_size", type=int, default=8)
+    p.add_argument_group("a finished run, as its recipe scores it").add_argument(
+        "--run", help="an output folder of recipes/pretrain.py, finetune.py, seq2seq.py or qa.py")
     args = p.parse_args(argv)
-    if bool(args.predictions) == bool(args.model):
-        raise ToolkitError("give either --predictions with --references, or --model with --data")
+    if sum(map(bool, (args.predictions, args.model, args.run))) != 1:
+        raise ToolkitError("give one of: --predictions with --references, --model with --data, or --run")
     if args.predictions and not args.references:
         raise ToolkitError("--predictions needs --references")
     if args.model and not args.data:
@@ -64,6 +68,17 @@ def score_texts(args) -> dict:
     return {**scoring.score_texts(predictions, references, args.metrics), "samples": len(predictions)}
 
 
+def score_run(args) -> dict:
+    from toolkit.rescore import rescore_run
+
+    if Path(args.output_dir).expanduser().resolve() == Path(args.run).expanduser().resolve():
+        raise ToolkitError("--output_dir is the run's folder, whose eval_results.json holds its own results;"
+                           " choose another folder")
+    scores = rescore_run(args.run)
+    return {k.removeprefix("eval_"): v for k, v in scores.items()
+            if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second", "_model_preparation_time"))}
+
+
 def score_causal_lm(args) -> dict:
     source = scoring.data_source(args.data, args.text_column, args.limit)
     model, tokenizer, block_size = scoring.load_causal_lm(args.model, str(Path(args.output_dir) / "cache"), args.block_size)
@@ -75,7 +90,7 @@ def score_causal_lm(args) -> dict:
 def main(argv=None):
     # 1. Arguments, metric names and the mode: checked before any file, model or metric is loaded.
     args = parse_args(argv)
-    score = score_texts if args.predictions else score_causal_lm  # seq2seq and QA models: modes to come
+    score = score_texts if args.predictions else score_causal_lm if args.model else score_run
 
     # 2. Score.
     results = score(args)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -50,6 +51,17 @@ def test_run_writes_a_loadable_model_and_every_result(finished_run):
     assert stats["train_blocks"] > 0 and stats["from_cache"] is False
     assert "deduplicate: documents removed" in result.stdout  # counts are logged too
     assert "perplexity before" in result.stdout and "perplexity after" in result.stdout
+
+
+def test_the_saved_model_rescored_by_evaluate_gives_the_runs_perplexity(finished_run, tmp_path):
+    folder, _, _ = finished_run
+    result = run([sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--run", str(folder / "out"),
+                  "--output_dir", str(tmp_path / "rescored")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    own = json.loads((folder / "out" / "eval_results.json").read_text())
+    rescored = json.loads((tmp_path / "rescored" / "eval_results.json").read_text())
+    assert rescored["eval_perplexity"] == pytest.approx(own["eval_perplexity"], rel=1e-6)
+    assert rescored["eval_tokens"] == own["eval_tokens"]
 
 
 def test_no_secret_reaches_the_output_directory(finished_run):

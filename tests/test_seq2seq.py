@@ -82,6 +82,13 @@ def test_translation_recipe_end_to_end_scores_bleu_and_chrf_before_and_after(tin
     model, tok = AutoModelForSeq2SeqLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
     assert model.config.model_type == "t5" and model.config.vocab_size >= len(tok)
     assert "bleu after" in result.stdout and "chrf before" in result.stdout
+    # The saved model, reloaded and scored again by recipes/evaluate.py, gives the run's own scores.
+    again = run([sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--run", str(out),
+                 "--output_dir", str(tmp_path / "rescored")])
+    assert again.returncode == 0, again.stderr[-3000:]
+    rescored = json.loads((tmp_path / "rescored" / "eval_results.json").read_text())
+    assert rescored["eval_bleu"] == pytest.approx(scores["eval_bleu"], abs=1e-6)
+    assert rescored["eval_chrf"] == pytest.approx(scores["eval_chrf"], abs=1e-6)
 
 
 def test_encoder_decoder_warm_started_from_the_real_minilm(tmp_path):
