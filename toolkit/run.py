@@ -126,7 +126,8 @@ def utilisation(trainer, recipe: Recipe, tokens_per_second: float) -> dict:
     """Achieved model FLOP/s, and MFU against the bf16 peak when the GPU is a known one."""
     from toolkit.plan import flops_per_token, gpu_in_device_name
 
-    per_token = flops_per_token(trainer.model, recipe.data.row_length)
+    length = recipe.qa.max_length if "qa" in recipe.to_dict() else recipe.data.row_length
+    per_token = flops_per_token(trainer.model, length)
     if per_token is None:
         return {}
     achieved = per_token * tokens_per_second

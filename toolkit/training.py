@@ -180,8 +180,9 @@ def _common(recipe: Recipe, arguments_class, **extra) -> dict:
     return common
 
 
-def _setup(recipe: Recipe, trainer):
-    add_throughput_callback(trainer, recipe.data.row_length)  # tokens/s, MFU, peak memory in every log
+def _setup(recipe: Recipe, trainer, sequence_length: int | None = None):
+    # tokens/s, MFU, peak memory in every log
+    add_throughput_callback(trainer, sequence_length or recipe.data.row_length)
     for callback in trainer.callback_handler.callbacks:
         # TensorBoard opens its writer at the first log; before training (the initial evaluation)
         # it would otherwise write to ./runs in the working directory.
