@@ -27,15 +27,34 @@ def metric_names(spec: Seq2Seq) -> list[str]:
 
 def special_ids(tokenizer) -> tuple[int, int, int]:
     """(decoder start, end of sequence, padding) for any tokenizer: BPE (eos) or WordPiece ([CLS]/[SEP])."""
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    if tokenizer.cls_token_id is not None:
-        start = tokenizer.cls_token_id  # BERT-style: the decoder starts where the encoder does
+    if tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None:
+        start, eos = tokenizer.cls_token_id, tokenizer.sep_token_id  # BERT-style: [CLS] text [SEP]
     else:
-        start = pad  # T5's convention: a start symbol no text ever contains
+        eos = tokenizer.eos_token_id
+        start = tokenizer.pad_token_id  # T5's convention: a start symbol no text ever contains
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    start = pad if start is None else start
     if eos is None:
         raise ToolkitError("the tokenizer has neither an eos nor a sep token; a seq2seq model needs one to stop")
     return start, eos, pad
+
+
+def load_seq2seq_tokenizer(name: str, revision: str | None = None):
+    """A pretrained tokenizer as it is: a BERT-style one ends texts with [SEP], so no eos is added to it."""
+    from transformers import AutoTokenizer
+
+    from toolkit.errors import first_line
+    from toolkit.recipe import Tokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name, revision=revision)
+    except (OSError, ValueError) as err:
+        raise ToolkitError(f"could not load tokenizer {name!r}: {first_line(err)}") from None
+    if tok.eos_token is None and tok.sep_token is None:
+        tok.eos_token = Tokenizer().eos_token
+    if tok.pad_token is None:
+        tok.pad_token = Tokenizer().pad_token
+    return tok
 
 
 def encode_pairs(ds: Dataset, tokenizer, spec: Seq2Seq, num_proc: int | None = None) -> Dataset:
@@ -81,7 +100,12 @@ def build_seq2seq_model(recipe: Recipe, tokenizer, seed: int = 42):
         config.vocab_size = len(tokenizer)
         model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation=spec.attn_implementation)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
+        if isinstance(model, EncoderDecoderModel):  # it refuses to resize itself; its two halves can
+            model.encoder.resize_token_embeddings(len(tokenizer))
+            model.decoder.resize_token_embeddings(len(tokenizer))
+            model.config.decoder.vocab_size = len(tokenizer)
+        else:
+            model.resize_token_embeddings(len(tokenizer))
     for config in (model.config, model.generation_config):
         config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = start, eos, pad
     model.generation_config.bos_token_id = None  # the decoder start is set above; no second forced token

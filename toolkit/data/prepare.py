@@ -110,7 +110,7 @@ def prepare_seq2seq_data(recipe: Recipe) -> PreparedData:
 
 def _build_seq2seq(recipe: Recipe) -> PreparedData:
     from toolkit.modeling import locate_pretrained
-    from toolkit.seq2seq import encode_pairs
+    from toolkit.seq2seq import encode_pairs, load_seq2seq_tokenizer
 
     s2s = recipe.seq2seq
     train, held_out, stats = split_corpus(recipe, "seq2seq")
@@ -130,7 +130,7 @@ def _build_seq2seq(recipe: Recipe) -> PreparedData:
         held_out = held_out.select(range(s2s.eval_limit))  # scoring generates text: the slow part of a run
     name = recipe.tokenizer.name_or_path or recipe.model.name_or_path or s2s.encoder
     if name:
-        tokenizer = load_pretrained_tokenizer(locate_pretrained(name), recipe.tokenizer, recipe.tokenizer.revision)
+        tokenizer = load_seq2seq_tokenizer(locate_pretrained(name), recipe.tokenizer.revision)
         stats["tokenizer"] = {"pretrained": name, "vocab_size": len(tokenizer)}
     else:
         texts = (t for b in _pair_batches(train) for t in b)
