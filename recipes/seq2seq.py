@@ -14,11 +14,16 @@ from pathlib import Path
 # and recipes/evaluate.py cannot shadow the `evaluate` library.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+import dataclasses  # noqa: E402
+
 from toolkit.data.prepare import check_data, prepare_seq2seq_data  # noqa: E402
-from toolkit.errors import exit_on_user_error  # noqa: E402
+from toolkit.errors import ToolkitError, exit_on_user_error  # noqa: E402
+from toolkit.modeling import apply_lora, check_lora, resolve_pretrained  # noqa: E402
 from toolkit.run import finish_run, start_run, train_and_evaluate  # noqa: E402
 from toolkit.scoring import generation_metrics  # noqa: E402
-from toolkit.seq2seq import build_seq2seq_model, check_metrics, check_seq2seq_model_type, samples  # noqa: E402
+from toolkit.seq2seq import (  # noqa: E402
+    DECODER_ONLY, build_seq2seq_model, check_metrics, check_prompt_template, model_architecture, samples,
+)
 from toolkit.training import build_seq2seq_trainer  # noqa: E402
 
 DEFAULT_RECIPE = Path(__file__).parent / "seq2seq" / "translation.yaml"
@@ -26,20 +31,30 @@ DEFAULT_RECIPE = Path(__file__).parent / "seq2seq" / "translation.yaml"
 
 @exit_on_user_error
 def main(argv=None):
-    # 1. Recipe, checked in full; the data's columns and the model's type before any work.
+    # 1. Recipe, checked in full; the data's columns, the model's kind and the prompt before any work.
     run = start_run(argv, DEFAULT_RECIPE)
     recipe = run.recipe
     if run.finished:
         return
     check_data(recipe, "seq2seq")
-    check_seq2seq_model_type(recipe)
+    check_lora(recipe.lora)
+    if recipe.lora.enabled and not recipe.model.name_or_path:
+        raise ToolkitError("lora.enabled adapts pretrained weights, and a model built from a config or warm-started"
+                           " (new cross-attention) has none to adapt; set model.name_or_path or lora.enabled=false")
     metrics = check_metrics(recipe.seq2seq)
+    with run.state.main_process_first():  # a GGUF file is converted once, on the main process
+        resolved = dataclasses.replace(recipe, model=resolve_pretrained(recipe.model, recipe.data.cache_dir))
+    architecture = model_architecture(resolved)  # encoder-decoder, or decoder-only (prompt, then target)
+    if architecture == DECODER_ONLY:
+        check_prompt_template(recipe.seq2seq)
 
     # 2. Pairs and tokenizer: built once, by the first process; the others read its cache.
-    data = prepare_seq2seq_data(recipe)
+    data = prepare_seq2seq_data(resolved, architecture)
 
-    # 3. Model: from a config, pretrained, or warm-started from a pretrained encoder.
-    model = build_seq2seq_model(recipe, data.tokenizer, seed=recipe.training["seed"])
+    # 3. Model: from a config, pretrained, or warm-started from a pretrained encoder; LoRA on top if asked.
+    model = build_seq2seq_model(resolved, data.tokenizer, architecture, seed=recipe.training["seed"])
+    if recipe.lora.enabled:
+        model = apply_lora(model, recipe.lora, task_type="CAUSAL_LM" if architecture == DECODER_ONLY else "SEQ_2_SEQ_LM")
 
     # 4. Train, with generated text scored before and after.
     trainer = build_seq2seq_trainer(recipe, model, data.tokenizer, data.train, data.eval,

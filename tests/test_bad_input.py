@@ -2,9 +2,6 @@
 
 import json
 
-import pytest
-import yaml
-
 from tests.conftest import PRETRAIN, run, run_pretrain, write_recipe
 from toolkit.recipe import load_recipe
 

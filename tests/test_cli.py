@@ -19,6 +19,26 @@ def toolkit(*args, **kwargs):
 
 
 @pytest.fixture
+def toolkit_here(capsys):
+    """The same command in this process: no interpreter start (seconds each on 2 cores) for checks
+    that end before any work; one subprocess test above covers the console script itself."""
+    from types import SimpleNamespace
+
+    from toolkit.cli import main
+
+    def call(*args):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return call
+
+
+@pytest.fixture
 def recipe_file(tmp_path):
     recipe = copy.deepcopy(TINY_RECIPE)
     recipe["training"]["output_dir"] = str(tmp_path / "out")
@@ -40,14 +60,14 @@ def test_validate_accepts_a_good_recipe_and_does_no_work(recipe_file, tmp_path):
     ({"data": {"block_size": 512}}, "larger than the model's maximum positions (128)"),
     ({"data": {"sources": [{"files": "COLUMNS", "text_column": "content"}]}}, "text column 'content' not in"),
 ])
-def test_validate_rejects_the_bad_recipes_of_the_pretraining_tests(tmp_path, change, message):
+def test_validate_rejects_the_bad_recipes_of_the_pretraining_tests(tmp_path, change, message, toolkit_here):
     recipe = copy.deepcopy(TINY_RECIPE)
     recipe["training"]["output_dir"] = str(tmp_path / "out")
     (tmp_path / "d.jsonl").write_text(json.dumps({"body": "some text"}) + "\n")
     for section, values in change.items():
         values = json.loads(json.dumps(values).replace("COLUMNS", str(tmp_path / "d.jsonl")))
         recipe[section] = {**recipe.get(section, {}), **values}
-    assert_refused(toolkit("validate", str(write_recipe(tmp_path, recipe))), message)
+    assert_refused(toolkit_here("validate", str(write_recipe(tmp_path, recipe))), message)
 
 
 def test_validate_with_data_catches_a_dataset_cleaned_away(tmp_path):
@@ -61,18 +81,18 @@ def test_validate_with_data_catches_a_dataset_cleaned_away(tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
-def test_validate_rejects_missing_file_syntax_error_and_a_foreign_output_dir(recipe_file, tmp_path):
-    assert_refused(toolkit("validate", str(tmp_path / "none.yaml")), "recipe file not found")
+def test_validate_rejects_missing_file_syntax_error_and_a_foreign_output_dir(recipe_file, tmp_path, toolkit_here):
+    assert_refused(toolkit_here("validate", str(tmp_path / "none.yaml")), "recipe file not found")
     broken = tmp_path / "broken.yaml"
     broken.write_text("data:\n  block_size: [1\n")
-    assert_refused(toolkit("validate", str(broken)), "YAML syntax error")
+    assert_refused(toolkit_here("validate", str(broken)), "YAML syntax error")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "recipe.yaml").write_text(yaml.safe_dump({"training": {"learning_rate": 9.0}}))
-    assert_refused(toolkit("validate", str(recipe_file)), "holds a run of another recipe")
+    assert_refused(toolkit_here("validate", str(recipe_file)), "holds a run of another recipe")
 
 
-def test_plan_names_known_gpus_when_one_is_unknown(recipe_file):
-    assert_refused(toolkit("plan", str(recipe_file), "--gpu", "Z9000"), "unknown GPU 'Z9000'; known: H200")
+def test_plan_names_known_gpus_when_one_is_unknown(recipe_file, toolkit_here):
+    assert_refused(toolkit_here("plan", str(recipe_file), "--gpu", "Z9000"), "unknown GPU 'Z9000'; known: H200")
 
 
 def test_plan_prints_the_budget(recipe_file):
@@ -81,7 +101,7 @@ def test_plan_prints_the_budget(recipe_file):
     assert "FLOPs" in result.stdout and "parameters" in result.stdout.lower()
 
 
-def test_report_generate_and_push_on_a_finished_run(recipe_file, tmp_path):
+def test_report_generate_and_push_on_a_finished_run(recipe_file, tmp_path, toolkit_here):
     from tests.conftest import run_pretrain
 
     assert run_pretrain("--config", str(recipe_file)).returncode == 0
@@ -96,16 +116,16 @@ def test_report_generate_and_push_on_a_finished_run(recipe_file, tmp_path):
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout.startswith("The import")
 
-    assert_refused(toolkit("push", str(out)), "no Hub model id")
-    assert_refused(toolkit("push", str(out), "--repo-id", "no-namespace"), "is not 'namespace/name'")
+    assert_refused(toolkit_here("push", str(out)), "no Hub model id")
+    assert_refused(toolkit_here("push", str(out), "--repo-id", "no-namespace"), "is not 'namespace/name'")
     offline = toolkit("push", str(out), "--repo-id", "someone/model")  # the Hub is unreachable here
     assert_refused(offline, "push to someone/model failed")
 
 
-def test_commands_refuse_a_folder_that_is_no_run(tmp_path):
-    assert_refused(toolkit("report", str(tmp_path)), "is no finished toolkit run")
-    assert_refused(toolkit("push", str(tmp_path), "--repo-id", "a/b"), "is no finished toolkit run")
-    assert_refused(toolkit("generate", str(tmp_path), "--prompt", "x"), "holds no model")
+def test_commands_refuse_a_folder_that_is_no_run(tmp_path, toolkit_here):
+    assert_refused(toolkit_here("report", str(tmp_path)), "is no finished toolkit run")
+    assert_refused(toolkit_here("push", str(tmp_path), "--repo-id", "a/b"), "is no finished toolkit run")
+    assert_refused(toolkit_here("generate", str(tmp_path), "--prompt", "x"), "holds no model")
 
 
 @pytest.mark.parametrize("config, fragment", [
@@ -113,10 +133,10 @@ def test_commands_refuse_a_folder_that_is_no_run(tmp_path):
     ("bogus.yaml", "unknown distributed_type 'MULTI_GPUS'; did you mean MULTI_GPU?"),
     ("broken.yaml", "broken.yaml, line 3: YAML syntax error"),
 ])
-def test_launch_refuses_a_bad_accelerate_config(tmp_path, config, fragment):
+def test_launch_refuses_a_bad_accelerate_config(tmp_path, config, fragment, toolkit_here):
     (tmp_path / "bogus.yaml").write_text("distributed_type: MULTI_GPUS\nnum_processes: 2\n")
     (tmp_path / "broken.yaml").write_text("distributed_type: NO\nnum_processes: [2\n")
-    assert_refused(toolkit("launch", str(tmp_path / config), str(ROOT / "recipes" / "pretrain.py")), fragment)
+    assert_refused(toolkit_here("launch", str(tmp_path / config), str(ROOT / "recipes" / "pretrain.py")), fragment)
 
 
 def test_launch_with_deepspeed_config_says_how_to_install_it():

@@ -218,6 +218,18 @@ def test_squad_exact_match_and_f1_follow_the_v1_1_normalisation(prediction, gold
     assert got["f1"] == pytest.approx(100 * f1)
 
 
+def test_squad_scores_a_question_without_answer_the_squad_2_way():
+    # Hand-checked: abstaining on the unanswerable question scores 1 on it, an answer 0;
+    # the answerable one scores as in v1.1 (EM 0, F1 2*(1/2)*(1/1)/(1/2+1) = 2/3).
+    squad = metrics.load("squad")
+    got = squad.compute(predictions=["", "red car"], references=[[], ["car"]])
+    assert got["exact_match"] == pytest.approx(50.0) and got["f1"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+    got = squad.compute(predictions=["the", "a car"], references=[[], ["car"]])  # "the" normalises to nothing
+    assert got == {"exact_match": 100.0, "f1": 100.0}
+    got = squad.compute(predictions=["a red car"], references=[[]])
+    assert got == {"exact_match": 0.0, "f1": 0.0}
+
+
 def test_squad_averages_over_questions():
     cases = [SQUAD_CASES[0], SQUAD_CASES[6], SQUAD_CASES[10], SQUAD_CASES[8]]  # EM 1, 0, 0, 1; F1 1, 2/3, 0, 1
     got = metrics.load("squad").compute(predictions=[c[0] for c in cases], references=[c[1] for c in cases])
@@ -319,8 +331,9 @@ def test_bad_references_are_one_line_errors(name):
         metric.compute(predictions=["a b c", "d e f"], references=["a b c"])
     with pytest.raises(ToolkitError, match=r"reference 2 is empty"):
         metric.compute(predictions=["a b c", "d e f"], references=["a b c", "  "])
-    with pytest.raises(ToolkitError, match=r"reference 1 is empty"):
-        metric.compute(predictions=["a b c"], references=[[]])
+    if name != "squad":  # to squad, an empty list is a question without an answer (SQuAD 2.0)
+        with pytest.raises(ToolkitError, match=r"reference 1 is empty"):
+            metric.compute(predictions=["a b c"], references=[[]])
     with pytest.raises(ToolkitError, match=r"no references"):
         metric.compute(predictions=[], references=[])
     metric.add(prediction="a b c", reference="")  # one example at a time reaches the same check

@@ -10,7 +10,7 @@ from huggingface_hub import HfApi, ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import ROOT, TINY_RECIPE, run_pretrain, write_recipe
-from toolkit.publish import PLOT_FILE, files_to_push, push_folder, push_run
+from toolkit.publish import PLOT_FILE, files_to_push, push_run
 from toolkit.recipe import load_recipe
 
 SECRET = "hf_PUSHTOKEN_SHOULD_NEVER_BE_WRITTEN"

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -68,17 +69,32 @@ def test_docstring_summaries_are_pep257_pairs():
         assert summary.endswith(".") and "\n" not in summary and len(body.split()) >= 30
 
 
-def test_translation_recipe_end_to_end_scores_bleu_and_chrf_before_and_after(tiny_t5, tmp_path):
+def translate_and_rescore(recipe: dict, tmp_path) -> tuple:
+    """Run the translation recipe, check its scores, rescore the saved model with recipes/evaluate.py --run.
+
+    Rescored from disk, the model gives the run's own BLEU and chrF: what was saved is what was scored.
+    """
     from toolkit.data.sources import LOCALE_DIR
 
     if not (LOCALE_DIR / "de" / "LC_MESSAGES").is_dir():
         pytest.skip("no German gettext catalogs on this machine")
-    result = run([sys.executable, str(SEQ2SEQ), "--config", str(write_recipe(tmp_path, tiny_t5))])
+    result = run([sys.executable, str(SEQ2SEQ), "--config", str(write_recipe(tmp_path, recipe))])
     assert result.returncode == 0, result.stderr[-3000:]
-    out = Path(tiny_t5["training"]["output_dir"])
+    out = Path(recipe["training"]["output_dir"])
     scores = json.loads((out / "eval_results.json").read_text())
     for key in ("init_eval_bleu", "init_eval_chrf", "eval_bleu", "eval_chrf"):
         assert 0 <= scores[key] <= 100, key
+    again = run([sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--run", str(out),
+                 "--output_dir", str(tmp_path / "rescored")])
+    assert again.returncode == 0, again.stderr[-3000:]
+    rescored = json.loads((tmp_path / "rescored" / "eval_results.json").read_text())
+    assert rescored["eval_bleu"] == pytest.approx(scores["eval_bleu"], abs=1e-6)
+    assert rescored["eval_chrf"] == pytest.approx(scores["eval_chrf"], abs=1e-6)
+    return result, out
+
+
+def test_translation_recipe_end_to_end_scores_bleu_and_chrf_before_and_after(tiny_t5, tmp_path):
+    result, out = translate_and_rescore(tiny_t5, tmp_path)
     samples = json.loads((out / "samples.json").read_text())
     assert len(samples) == 3 and all(isinstance(s["completion"], str) for s in samples)
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -86,13 +102,6 @@ def test_translation_recipe_end_to_end_scores_bleu_and_chrf_before_and_after(tin
     model, tok = AutoModelForSeq2SeqLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
     assert model.config.model_type == "t5" and model.config.vocab_size >= len(tok)
     assert "bleu after" in result.stdout and "chrf before" in result.stdout
-    # The saved model, reloaded and scored again by recipes/evaluate.py, gives the run's own scores.
-    again = run([sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--run", str(out),
-                 "--output_dir", str(tmp_path / "rescored")])
-    assert again.returncode == 0, again.stderr[-3000:]
-    rescored = json.loads((tmp_path / "rescored" / "eval_results.json").read_text())
-    assert rescored["eval_bleu"] == pytest.approx(scores["eval_bleu"], abs=1e-6)
-    assert rescored["eval_chrf"] == pytest.approx(scores["eval_chrf"], abs=1e-6)
 
 
 def test_encoder_decoder_warm_started_from_the_real_minilm(tmp_path):
@@ -102,12 +111,12 @@ def test_encoder_decoder_warm_started_from_the_real_minilm(tmp_path):
 
     from toolkit.modeling import locate_pretrained
     from toolkit.recipe import Recipe, Seq2Seq
-    from toolkit.seq2seq import build_seq2seq_model
+    from toolkit.seq2seq import ENCODER_DECODER, build_seq2seq_model
 
     folder = locate_pretrained(MINILM)
     tok = AutoTokenizer.from_pretrained(folder)
     recipe = Recipe(seq2seq=Seq2Seq(task="summarization", encoder=MINILM, num_beams=1, max_new_tokens=5))
-    model = build_seq2seq_model(recipe, tok)
+    model = build_seq2seq_model(recipe, tok, ENCODER_DECODER)
     pretrained = AutoModel.from_pretrained(folder).state_dict()
     encoder = model.encoder.state_dict()
     for name, weight in pretrained.items():
@@ -122,11 +131,87 @@ def test_encoder_decoder_warm_started_from_the_real_minilm(tmp_path):
     assert out.shape[0] == 1 and out.shape[1] <= 6
 
 
-def test_a_decoder_only_model_type_is_refused_in_one_line(tiny_t5, tmp_path):
-    tiny_t5["model"] = {"model_type": "llama"}
+def test_summarization_recipe_end_to_end_with_the_warm_started_minilm(tmp_path):
+    """The shipped summarization recipe, cut to two steps: ROUGE before and after, a loadable model."""
+    import yaml
+
+    needs_minilm()
+    recipe = yaml.safe_load((ROOT / "recipes" / "seq2seq" / "summarization.yaml").read_text())
+    recipe["data"]["sources"][0]["limit"] = 40
+    recipe["data"]["cache_dir"] = str(tmp_path / "cache")
+    recipe["seq2seq"].update(eval_limit=3, max_new_tokens=6, max_source_length=48)
+    recipe["training"].update(output_dir=str(tmp_path / "out"), max_steps=2, save_steps=2, report_to=[])
+    result = run([sys.executable, str(SEQ2SEQ), "--config", str(write_recipe(tmp_path, recipe))])
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        assert 0 <= scores[f"init_eval_{key}"] <= 100 and 0 <= scores[f"eval_{key}"] <= 100, key
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out")
+    assert model.config.encoder.model_type == "bert" and model.config.decoder.add_cross_attention
+
+
+def test_an_encoder_only_model_type_is_refused_in_one_line(tiny_t5, tmp_path):
+    tiny_t5["model"] = {"model_type": "bert"}
     result = run([sys.executable, str(SEQ2SEQ), "--config", str(write_recipe(tmp_path, tiny_t5))])
-    assert_refused(result, "'llama' is not an encoder-decoder")
+    assert_refused(result, "'bert' is neither an encoder-decoder", "seq2seq.encoder")
     assert not Path(tiny_t5["training"]["output_dir"]).exists()
+
+
+TINY_LLAMA = {"model_type": "llama", "config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                                "num_attention_heads": 4, "num_key_value_heads": 4}}
+
+
+def test_decoder_only_translation_learns_only_the_target_and_rescores_the_same(tiny_t5, tmp_path):
+    """A llama reads "Translate en to de:\n<source>\n" and learns the German after it; scored before and after."""
+    tiny_t5["model"] = TINY_LLAMA
+    _, out = translate_and_rescore(tiny_t5, tmp_path)  # generating from the prompts alone, reloaded too
+    assert json.loads((out / "data_stats.json").read_text())["architecture"] == "decoder-only"
+    assert "pipeline_tag: text-generation" in (out / "README.md").read_text()
+
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.padding_side == "left"  # for batched generation by whoever loads it
+    held_out = load_from_disk(str(next((tmp_path / "cache").glob("seq2seq-decoder-only/*/eval"))))
+    for row in held_out.select(range(5)):
+        prompt = row["labels"].index(next(t for t in row["labels"] if t != -100))
+        assert all(t == -100 for t in row["labels"][:prompt])  # the prompt is context, not learned
+        assert row["labels"][prompt:] == row["input_ids"][prompt:] and row["labels"][-1] == tok.eos_token_id
+        assert tok.decode(row["input_ids"][:prompt]).startswith("Translate en to de:\n")
+
+
+def test_decoder_only_prompts_keep_the_template_ending_when_the_source_is_cut():
+    needs_minilm()
+    from transformers import AutoTokenizer
+
+    from toolkit.modeling import locate_pretrained
+    from toolkit.recipe import Seq2Seq
+    from toolkit.seq2seq import encode_prompts
+
+    tok = AutoTokenizer.from_pretrained(locate_pretrained(MINILM))
+    spec = Seq2Seq(task="summarization", max_source_length=6, prompt_template="Summarize: {source} => ")
+    long, short = "one two three four five six seven eight nine ten", "one two"
+    cut, whole = (tok.decode(ids) for ids in encode_prompts(tok, spec, [long, short]))
+    assert cut == "summarize : one two three four five six = >"  # six source tokens, then the ending
+    assert whole == "summarize : one two = >"
+
+
+@pytest.mark.parametrize("template, message", [
+    ("Translate: {text}", "names {text}; the fields are {source}, {source_lang}, {target_lang}"),
+    ("Translate this.", "has no {source}"),
+    ("{source} in {target_lang}:", "names {target_lang} but seq2seq.target_lang is not set"),
+    ("{source", "not a valid template"),
+])
+def test_a_bad_prompt_template_is_one_clear_error(template, message):
+    from toolkit.errors import ToolkitError
+    from toolkit.recipe import Seq2Seq
+    from toolkit.seq2seq import check_prompt_template
+
+    with pytest.raises(ToolkitError, match=re.escape(message)):
+        check_prompt_template(Seq2Seq(prompt_template=template))
 
 
 def test_a_missing_language_in_wmt_style_rows_names_the_columns(tiny_t5, tmp_path):

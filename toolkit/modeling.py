@@ -105,6 +105,14 @@ def build_model(spec: Model, config, tokenizer, seed: int = 42, quantization=Non
     return model
 
 
+def is_decoder_only(model_type: str) -> bool:
+    """A causal LM family that is not also an encoder (bert and bart have causal heads too)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    return (model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+            and model_type not in auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
+
+
 def count_parameters(model) -> int:
     """Unique parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -195,7 +203,7 @@ def linear_module_names(model) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
 
 
-def apply_lora(model, spec: Lora):
+def apply_lora(model, spec: Lora, task_type: str = "CAUSAL_LM"):
     """Wrap the model with LoRA adapters; only adapter weights train, the base stays frozen."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -211,7 +219,7 @@ def apply_lora(model, spec: Lora):
     if spec.quantize_4bit:
         model = prepare_model_for_kbit_training(model)
     config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
-                        task_type="CAUSAL_LM")
+                        task_type=task_type)
     model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("model: LoRA r=%d on %s; %s trainable parameters of %s", spec.r, targets, f"{trainable:,}",

@@ -129,7 +129,8 @@ def write_model_card(folder: Path) -> Path:
         tags=tags,
         datasets=hub_datasets or None,
         base_model=base if fine_tuned and _looks_like_hub_id(base) else None,
-        pipeline_tag=task[0],
+        # A decoder-only model does the task by continuing a prompt: the Hub's text-generation widget runs it.
+        pipeline_tag="text-generation" if stats.get("architecture") == "decoder-only" else task[0],
         eval_results=eval_results or None,
     )
     body = _card_body(name, recipe, results, stats, info, everything, samples, folder)

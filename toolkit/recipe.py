@@ -110,6 +110,9 @@ class Model:
     model_type: str = "llama"  # for a model built from a config: any type AutoConfig knows
     config: dict[str, Any] = field(default_factory=dict)  # overrides of the model config
     attn_implementation: str = "sdpa"
+    # The loss without the whole logits tensor (toolkit/loss.py): causal-LM training only.
+    # auto: on for vocabularies of FUSED_LOSS_MIN_VOCAB tokens or more, where the logits are the largest tensor.
+    fused_cross_entropy: bool | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -153,6 +156,9 @@ class Seq2Seq:
     source_lang: str | None = None  # e.g. en: named in the card, and in the default prefix
     target_lang: str | None = None  # e.g. de
     prefix: str = ""  # put before every source, e.g. "translate English to German: "
+    # A decoder-only model (gpt2, llama, ...) reads each pair as a prompt and learns only its
+    # target. The prompt: {source}, {source_lang}, {target_lang}; None: a default per task.
+    prompt_template: str | None = None
     max_source_length: int = 256
     max_target_length: int = 128
     # An EncoderDecoderModel warm-started from pretrained parts (model.name_or_path unset):

@@ -51,16 +51,22 @@ def _causal_lm(recipe, run_dir: Path) -> dict:
 
 
 def _seq2seq(recipe, run_dir: Path) -> dict:
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     from toolkit.data.prepare import prepare_seq2seq_data
+    from toolkit.modeling import resolve_pretrained
+    from toolkit.outputs import read_json
     from toolkit.scoring import generation_metrics
-    from toolkit.seq2seq import metric_names
+    from toolkit.seq2seq import DECODER_ONLY, ENCODER_DECODER, metric_names
     from toolkit.training import build_seq2seq_trainer
 
-    data = prepare_seq2seq_data(recipe)
+    architecture = (read_json(run_dir, "data_stats.json") or {}).get("architecture", ENCODER_DECODER)
+    base = resolve_pretrained(recipe.model, recipe.data.cache_dir)  # the data as its run encoded it
+    data = prepare_seq2seq_data(dataclasses.replace(recipe, model=base), architecture)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    model = AutoModelForSeq2SeqLM.from_pretrained(run_dir)
+    # The saved generation settings come with the model; an adapter folder loads onto its base.
+    auto = AutoModelForCausalLM if architecture == DECODER_ONLY else AutoModelForSeq2SeqLM
+    model = auto.from_pretrained(run_dir)
     trainer = build_seq2seq_trainer(recipe, model, tokenizer, data.train, data.eval,
                                     generation_metrics(tokenizer, metric_names(recipe.seq2seq)))
     return trainer.evaluate()

@@ -164,6 +164,7 @@ def fast_path(trainer, recipe: Recipe) -> dict:
         "optimizer": str(getattr(args.optim, "value", args.optim)),
         "torch_compile": bool(args.torch_compile),
         "liger_kernel": bool(getattr(args, "use_liger_kernel", False)),
+        "fused_cross_entropy": getattr(trainer, "fused_loss", None) is not None,
         "activation_checkpointing": bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing),
         "padding_free_packing": recipe.data.format != "text" and recipe.data.packing,
         "packed_blocks": recipe.data.format == "text",
@@ -182,9 +183,10 @@ def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, aft
     if recipe.lora.enabled and recipe.lora.merge:
         # From the saved adapter onto a freshly loaded float base: exact even after QLoRA,
         # whose 4-bit layers would re-quantise a merge; trainer.model is left as it is.
-        from peft import AutoPeftModelForCausalLM
+        from peft import AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM
 
-        merged = AutoPeftModelForCausalLM.from_pretrained(out, dtype=torch.float32).merge_and_unload()
+        auto = AutoPeftModelForSeq2SeqLM if trainer.model.config.is_encoder_decoder else AutoPeftModelForCausalLM
+        merged = auto.from_pretrained(out, dtype=torch.float32).merge_and_unload()
         merged.save_pretrained(out / "merged")
         trainer.processing_class.save_pretrained(out / "merged")
     results["wall_time_s"] = round(time.time() - started, 1)

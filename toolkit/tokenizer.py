@@ -15,14 +15,26 @@ def pretrained_tokenizer_name(spec: Tokenizer, model: Model) -> tuple[str | None
     return model.name_or_path, model.revision  # the model's own tokenizer, at the model's revision
 
 
-def load_pretrained_tokenizer(name: str, spec: Tokenizer, revision: str | None = None):
+def open_tokenizer(name: str, revision: str | None = None, hint: str = ""):
+    """A pretrained tokenizer as it is, or one line saying why it cannot be loaded."""
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name, revision=revision)
+        return AutoTokenizer.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as err:
-        raise ToolkitError(f"could not load tokenizer {name!r}: {first_line(err)}") from None
-    if tok.eos_token is None:
+        raise ToolkitError(f"could not load tokenizer {name!r}: {first_line(err)}{hint}") from None
+
+
+def load_pretrained_tokenizer(name: str, spec: Tokenizer | None = None, revision: str | None = None,
+                              sep_ends_text: bool = False):
+    """A pretrained tokenizer with the end-of-text and padding tokens the toolkit relies on.
+
+    `sep_ends_text`: a BERT-style tokenizer already ends every text with [SEP] (seq2seq uses it
+    as end-of-sequence), so it gets no eos of its own.
+    """
+    spec = spec or Tokenizer()
+    tok = open_tokenizer(name, revision)
+    if tok.eos_token is None and not (sep_ends_text and tok.sep_token is not None):
         tok.eos_token = spec.eos_token  # packing separates documents with EOS; it must exist
     if tok.pad_token is None:
         # A distinct pad token keeps EOS out of the padding mask; pad ids never reach the loss.

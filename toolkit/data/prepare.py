@@ -103,14 +103,15 @@ def prepare_finetuning_data(recipe: Recipe, tokenizer) -> PreparedData:
     return _cached(recipe, "finetuning", lambda: _build_finetuning(recipe, tokenizer))
 
 
-def prepare_seq2seq_data(recipe: Recipe) -> PreparedData:
-    """Encoded source/target pairs and their tokenizer (pretrained, or a BPE trained on both sides)."""
-    return _cached(recipe, "seq2seq", lambda: _build_seq2seq(recipe))
+def prepare_seq2seq_data(recipe: Recipe, architecture: str) -> PreparedData:
+    """Encoded source/target pairs and their tokenizer (pretrained, or a BPE trained on both sides).
+    `architecture`: encoder-decoder (source in, target out) or decoder-only (prompt, then target)."""
+    return _cached(recipe, f"seq2seq-{architecture}", lambda: _build_seq2seq(recipe, architecture))
 
 
-def _build_seq2seq(recipe: Recipe) -> PreparedData:
+def _build_seq2seq(recipe: Recipe, architecture: str) -> PreparedData:
     from toolkit.modeling import locate_pretrained
-    from toolkit.seq2seq import encode_pairs, load_seq2seq_tokenizer
+    from toolkit.seq2seq import DECODER_ONLY, encode_pairs
 
     s2s = recipe.seq2seq
     train, held_out, stats = split_corpus(recipe, "seq2seq")
@@ -130,14 +131,20 @@ def _build_seq2seq(recipe: Recipe) -> PreparedData:
         held_out = held_out.select(range(s2s.eval_limit))  # scoring generates text: the slow part of a run
     name = recipe.tokenizer.name_or_path or recipe.model.name_or_path or s2s.encoder
     if name:
-        tokenizer = load_seq2seq_tokenizer(locate_pretrained(name), recipe.tokenizer.revision)
+        tokenizer = load_pretrained_tokenizer(locate_pretrained(name), recipe.tokenizer, recipe.tokenizer.revision,
+                                              sep_ends_text=True)
         stats["tokenizer"] = {"pretrained": name, "vocab_size": len(tokenizer)}
     else:
         texts = (t for b in _pair_batches(train) for t in b)
         tokenizer = train_bpe(texts, recipe.tokenizer, length=2 * len(train))
         stats["tokenizer"] = {"trained": "byte-level BPE on sources and targets", "vocab_size": len(tokenizer)}
+    if architecture == DECODER_ONLY:
+        # Prompts end where generation starts (training pads on the right, on its own). Set in
+        # init_kwargs too, or save_pretrained would write the side the tokenizer was loaded with.
+        tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"
+    stats["architecture"] = architecture
     stats["samples"] = [{"source": r["source_text"], "target": r["target_text"]} for r in held_out.select(range(min(3, len(held_out))))]
-    encoded = {n: encode_pairs(part, tokenizer, s2s, recipe.data.num_proc) for n, part in (("train", train), ("eval", held_out))}
+    encoded = {n: encode_pairs(part, tokenizer, s2s, architecture, recipe.data.num_proc) for n, part in (("train", train), ("eval", held_out))}
     stats.update(train_pairs=len(encoded["train"]), eval_pairs=len(encoded["eval"]), from_cache=False)
     logger.info("data: %d training and %d held-out pairs", len(encoded["train"]), len(encoded["eval"]))
     return PreparedData(encoded["train"], encoded["eval"], tokenizer, stats)

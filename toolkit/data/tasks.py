@@ -29,9 +29,13 @@ def ensure_chat_template(tokenizer) -> None:
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
 
 
+def bos_ids(tokenizer) -> list[int]:
+    """The token a prompt starts with: the tokenizer's bos, unless it has none or it doubles as eos."""
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id not in (None, tokenizer.eos_token_id) else []
+
+
 def encode_prompt_completion(prompt: str, completion: str, tokenizer, completion_only_loss: bool):
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id not in (None, tokenizer.eos_token_id) else []
-    p = bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    p = bos_ids(tokenizer) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
     c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     labels = ([IGNORE] * len(p) if completion_only_loss else list(p)) + c
     return p + c, labels

@@ -58,8 +58,9 @@ def combine(names, **kwargs):
     return evaluate.combine({name: load(name) for name in names}, **kwargs)
 
 
-def check_pairs(predictions, references, metric: str) -> None:
-    """What every text metric requires: one non-empty reference (or list of them) per prediction."""
+def check_pairs(predictions, references, metric: str, no_answer: bool = False) -> None:
+    """What every text metric requires: one non-empty reference (or list of them) per prediction.
+    `no_answer`: an empty list is allowed, meaning the question has no answer (SQuAD 2.0)."""
     if references is None or len(references) == 0:
         raise ToolkitError(f"{metric}: no references to score against")
     if predictions is None or len(predictions) != len(references):
@@ -68,6 +69,8 @@ def check_pairs(predictions, references, metric: str) -> None:
                            " give exactly one reference (or one list of references) per prediction")
     for i, ref in enumerate(references, 1):
         refs = [ref] if isinstance(ref, str) else list(ref)
+        if no_answer and not refs:
+            continue
         if not any(isinstance(r, str) and r.strip() for r in refs):
             raise ToolkitError(f"{metric}: reference {i} is empty; every example needs a non-empty reference")
 

@@ -2,7 +2,9 @@
 
 Predictions are answer strings and references the gold answers of each question (a
 string or a list); a prediction scores the best of its gold answers, as in the official
-v1.1 script. Unlike the Hub's `squad` metric, no ids or nested dicts are needed.
+v1.1 script. An empty list marks a question without an answer (SQuAD 2.0): only an
+empty prediction scores on it, 1 for both measures, as in the official v2.0 script.
+Unlike the Hub's `squad` and `squad_v2` metrics, no ids or nested dicts are needed.
 """
 
 import collections
@@ -23,7 +25,8 @@ _FEATURES = [
 _INPUTS = """
 Args:
     predictions: list of predicted answer strings.
-    references: list of gold answers per prediction: a string, or a list of strings (the best one counts).
+    references: list of gold answers per prediction: a string, or a list of strings (the best one counts);
+        an empty list: the question has no answer, and the right prediction is "".
 Returns:
     exact_match, f1: 0-100, averaged over questions.
 """
@@ -68,14 +71,18 @@ class Squad(evaluate.Metric):
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):
         """Add a batch of predictions and their references; bad input is a one-line ToolkitError."""
-        check_pairs(predictions, references, self.name)
+        check_pairs(predictions, references, self.name, no_answer=True)
         super().add_batch(predictions=predictions, references=references, **kwargs)
 
     def _compute(self, predictions, references):
-        check_pairs(predictions, references, self.name)  # add() of single examples skips add_batch
+        check_pairs(predictions, references, self.name, no_answer=True)  # add() of single examples skips add_batch
         em = f1 = 0.0
         for prediction, ref in zip(predictions, references):
             golds = [ref] if isinstance(ref, str) else [g for g in ref if g]
+            if not golds:  # no answer: right only when nothing is predicted
+                right = float(not normalize_answer(prediction))
+                em, f1 = em + right, f1 + right
+                continue
             em += max(exact_match(prediction, g) for g in golds)
             f1 += max(token_f1(prediction, g) for g in golds)
         return {"exact_match": 100 * em / len(predictions), "f1": 100 * f1 / len(predictions)}

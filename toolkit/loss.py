@@ -1,0 +1,121 @@
+"""A causal LM's cross-entropy without its whole logits tensor: fused linear cross-entropy.
+
+The last step of a causal LM projects hidden states [N, H] onto the vocabulary [V, H] and
+takes the cross-entropy. With V = 32k-150k the logits, their softmax and their gradient
+are the largest tensors of a training step: 8,192 tokens x 49,152 entries x 4 bytes is
+1.6 GB each. Here the projection and the loss are done a chunk of tokens at a time, and
+each chunk's gradients with respect to the hidden states and the output weight are taken
+at once, in the forward pass: only those gradients (the sizes of the hidden states and
+of the weight) outlive a chunk. The result equals the plain loss to float rounding.
+
+The model itself still runs through its own forward (so DDP, FSDP and `torch.compile`
+see the call they expect), asked for its hidden states and for the logits of one
+position only; the loss is computed here from the last hidden state.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from toolkit.errors import ToolkitError
+
+IGNORE = -100
+CHUNK_ELEMENTS = 1 << 25  # logits entries per chunk: 128 MB in float32, whatever the vocabulary
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum over labelled tokens of -log softmax(hidden @ weight.T + bias)[label]; gradients made in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, chunk_tokens: int):
+        compute = hidden.dtype
+        w = weight.to(compute)
+        grad_hidden = torch.zeros_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight.requires_grad else None
+        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if bias is not None and bias.requires_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_tokens):
+            h, y = hidden[start : start + chunk_tokens], labels[start : start + chunk_tokens]
+            logits = (h @ w.T).float()
+            if bias is not None:
+                logits += bias.float()
+            valid = y != IGNORE
+            target = torch.where(valid, y, 0)
+            lse = torch.logsumexp(logits, dim=-1)
+            total += ((lse - logits.gather(1, target[:, None]).squeeze(1)) * valid).sum()
+            # d(loss)/d(logits) = softmax - one_hot(label), zero on unlabelled tokens; made in place.
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad[torch.arange(len(y), device=y.device), target] -= 1.0
+            grad *= valid[:, None]
+            grad_hidden[start : start + chunk_tokens] = (grad.to(compute) @ w).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight += (grad.to(compute).T @ h).float()
+            if grad_bias is not None:
+                grad_bias += grad.sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        weight_dtype, bias_dtype = ctx.dtypes
+        return (
+            grad_hidden * grad_total.to(grad_hidden.dtype),
+            None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
+            None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype),
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, labelled tokens) for hidden [N, H], weight [V, H] and labels [N] (-100: not learned)."""
+    chunk_tokens = max(1, CHUNK_ELEMENTS // weight.shape[0])
+    total = _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_tokens)
+    return total, (labels != IGNORE).sum()
+
+
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Each position's label is the next token's: shifted left, -100 after each row's end (as transformers does)."""
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
+
+
+class FusedCausalLMLoss:
+    """A Trainer `compute_loss_func` reading the last hidden state instead of the logits.
+
+    The model must be called with `output_hidden_states=True` (the Trainer subclass does it).
+    """
+
+    def __init__(self, model):
+        self.head = model.get_output_embeddings()
+
+    def __call__(self, outputs, labels, num_items_in_batch=None):
+        hidden = outputs.hidden_states[-1]
+        total, count = linear_cross_entropy(hidden.flatten(0, 1), self.head.weight, getattr(self.head, "bias", None),
+                                            next_token_labels(labels).flatten())
+        return total / (num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1))
+
+
+def check_fused_loss_exact(model) -> None:
+    """The last hidden state times the output weight must be the model's logits; a model that
+    scales or caps its logits (gemma2's soft-capping, say) would train on a different loss."""
+    head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise ToolkitError("model.fused_cross_entropy needs a model with an output projection (lm_head);"
+                           " set model.fused_cross_entropy=false")
+    was_training = model.training
+    model.eval()
+    try:
+        ids = torch.arange(8, device=head.weight.device)[None] % head.weight.shape[0]
+        with torch.no_grad():
+            out = model(input_ids=ids, output_hidden_states=True)
+            projected = out.hidden_states[-1].to(head.weight.dtype) @ head.weight.T
+            if getattr(head, "bias", None) is not None:
+                projected = projected + head.bias
+    finally:
+        model.train(was_training)
+    if not torch.allclose(projected.float(), out.logits.float(), rtol=1e-3, atol=1e-3):
+        raise ToolkitError(f"model type {model.config.model_type!r} transforms its logits after the output projection,"
+                           " so the fused cross-entropy would train a different loss; set model.fused_cross_entropy=false")
