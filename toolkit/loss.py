@@ -22,6 +22,24 @@ from toolkit.errors import ToolkitError
 IGNORE = -100
 CHUNK_ELEMENTS = 1 << 25  # logits entries per chunk: 128 MB in float32, whatever the vocabulary
 
+# model.fused_cross_entropy=auto turns the fused loss on from this vocabulary size. Measured
+# on 2 CPU cores, head and loss of 4,096 tokens (H=576): at a 49,152-token vocabulary it
+# peaks at 466 MB against 2,237 MB for the plain loss, at the same speed (3.94 s against
+# 4.02 s a step); at 8,192 tokens, 378 MB against 431 MB. Below 32k the logits are no
+# longer the largest tensor of a step, and the plain loss is kept.
+FUSED_LOSS_MIN_VOCAB = 32_000
+
+
+def fused_loss_wanted(setting: bool | str, vocab_size: int) -> bool:
+    """model.fused_cross_entropy as asked: true, false, or auto by vocabulary size (before the checks)."""
+    return setting is True or (setting == "auto" and vocab_size >= FUSED_LOSS_MIN_VOCAB)
+
+
+def fused_loss_bytes(tokens: int, hidden_size: int, vocab_size: int, per_value: int) -> int:
+    """What the fused loss holds at its peak: one chunk's float32 logits and their gradient in the
+    compute dtype, the hidden states' gradient, and the float32 gradient of the output weight."""
+    return CHUNK_ELEMENTS * (4 + per_value) + tokens * hidden_size * per_value + vocab_size * hidden_size * 4
+
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """Sum over labelled tokens of -log softmax(hidden @ weight.T + bias)[label]; gradients made in forward."""

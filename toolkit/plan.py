@@ -22,6 +22,7 @@ import torch
 
 from toolkit.errors import ToolkitError
 from toolkit.hardware import bf16_supported
+from toolkit.loss import fused_loss_bytes, fused_loss_wanted
 from toolkit.modeling import apply_lora, count_parameters, load_model_config, max_positions
 from toolkit.recipe import Recipe
 
@@ -282,7 +283,9 @@ def activation_bytes(config, recipe: Recipe, T: int, B: int, half: bool) -> int:
     where the 5*a*T/d term is the T x T attention scores, softmax and dropout mask; fused
     attention (sdpa, flash) never stores them, so only eager attention pays it. Activations
     in fp32 take about twice as much. The head adds its logits, B*T*V in the compute dtype,
-    plus the fp32 log-probabilities the cross-entropy keeps. With gradient checkpointing only
+    plus the fp32 log-probabilities the cross-entropy keeps; the fused loss (toolkit/loss.py)
+    holds one chunk of them instead, and gradients of the hidden states and the output
+    weight. With gradient checkpointing only
     each layer's input stays (fp32: the residual stream is not autocast) and one layer's
     activations are rebuilt at a time.
     """
@@ -294,7 +297,10 @@ def activation_bytes(config, recipe: Recipe, T: int, B: int, half: bool) -> int:
         layers = L * T * B * d * 4 + per_layer
     else:
         layers = L * per_layer
-    logits = B * T * V * (per_value + 4)
+    if fused_loss_wanted(recipe.model.fused_cross_entropy, V):
+        logits = fused_loss_bytes(B * T, d, V, per_value)
+    else:
+        logits = B * T * V * (per_value + 4)
     return int(layers + logits)
 
 

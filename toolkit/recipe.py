@@ -155,7 +155,7 @@ class Seq2Seq:
     task: Literal["translation", "summarization"] = "translation"
     source_lang: str | None = None  # e.g. en: named in the card, and in the default prefix
     target_lang: str | None = None  # e.g. de
-    prefix: str = ""  # put before every source, e.g. "translate English to German: "
+    prefix: str = ""  # encoder-decoder: put before every source, e.g. "translate English to German: "
     # A decoder-only model (gpt2, llama, ...) reads each pair as a prompt and learns only its
     # target. The prompt: {source}, {source_lang}, {target_lang}; None: a default per task.
     prompt_template: str | None = None

@@ -14,7 +14,7 @@ from toolkit.data.packing import CausalCollator, FlatteningCollator, PackedRowsC
 from toolkit.errors import ToolkitError
 from toolkit.evaluation import compute_perplexity, token_nll
 from toolkit.hardware import has_accelerator
-from toolkit.loss import FusedCausalLMLoss, check_fused_loss_exact
+from toolkit.loss import FusedCausalLMLoss, check_fused_loss_exact, fused_loss_wanted
 from toolkit.outputs import last_complete_checkpoint, mark_complete
 from toolkit.publish import PushEverySave
 from toolkit.recipe import Recipe, training_arguments
@@ -159,22 +159,15 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
     return trainer
 
 
-# Measured on 2 CPU cores, head and loss of 4,096 tokens (H=576): at a 49,152-token vocabulary
-# the fused loss peaks at 466 MB against 2,237 MB for the plain one, at the same speed
-# (3.94 s against 4.02 s a step); at 8,192 tokens, 378 MB against 431 MB. Below 32k
-# the logits are no longer the largest tensor of a step, and the plain loss is kept.
-FUSED_LOSS_MIN_VOCAB = 32_000
-
-
 def use_fused_loss(recipe: Recipe, trainer) -> bool:
     """model.fused_cross_entropy decided: true (checked to be exact), false, or auto (by vocabulary size)."""
     setting = recipe.model.fused_cross_entropy
-    if setting is False:
+    head = trainer.model.get_output_embeddings()
+    if not fused_loss_wanted(setting, head.weight.shape[0] if head is not None else 0):
         return False
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
-    vocab = trainer.model.get_output_embeddings().weight.shape[0] if trainer.model.get_output_embeddings() else 0
     if setting == "auto":
-        if sharded or vocab < FUSED_LOSS_MIN_VOCAB:
+        if sharded:
             return False
         try:
             check_fused_loss_exact(trainer.model)
