@@ -183,6 +183,25 @@ def test_decoder_only_translation_learns_only_the_target_and_rescores_the_same(t
         assert tok.decode(row["input_ids"][:prompt]).startswith("Translate en to de:\n")
 
 
+def test_the_smollm2_recipe_adapts_the_real_pretrained_model_with_lora(smollm2, tmp_path):
+    """The shipped decoder-only recipe, cut to two steps: LoRA on the real SmolLM2, adapter and merged model saved."""
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "seq2seq" / "translation-smollm2.yaml").read_text())
+    recipe["model"]["name_or_path"] = str(smollm2)
+    recipe["data"]["sources"][0]["limit"] = 80
+    recipe["data"]["cache_dir"] = str(tmp_path / "cache")
+    recipe["seq2seq"].update(eval_limit=3, max_new_tokens=4)
+    recipe["training"].update(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
+                              per_device_eval_batch_size=3, save_steps=2, report_to=[])
+    _, out = translate_and_rescore(recipe, tmp_path)  # the adapter reloaded onto its base scores the same
+    from transformers import AutoModelForCausalLM
+
+    assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged")
+    assert merged.config.model_type == "llama" and "lora" not in " ".join(merged.state_dict())
+
+
 def test_decoder_only_prompts_keep_the_template_ending_when_the_source_is_cut():
     needs_minilm()
     from transformers import AutoTokenizer

@@ -57,16 +57,16 @@ def _seq2seq(recipe, run_dir: Path) -> dict:
     from toolkit.modeling import resolve_pretrained
     from toolkit.outputs import read_json
     from toolkit.scoring import generation_metrics
-    from toolkit.seq2seq import DECODER_ONLY, ENCODER_DECODER, metric_names
+    from toolkit.seq2seq import DECODER_ONLY, ENCODER_DECODER, configure_generation, metric_names
     from toolkit.training import build_seq2seq_trainer
 
     architecture = (read_json(run_dir, "data_stats.json") or {}).get("architecture", ENCODER_DECODER)
     base = resolve_pretrained(recipe.model, recipe.data.cache_dir)  # the data as its run encoded it
     data = prepare_seq2seq_data(dataclasses.replace(recipe, model=base), architecture)
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    # The saved generation settings come with the model; an adapter folder loads onto its base.
     auto = AutoModelForCausalLM if architecture == DECODER_ONLY else AutoModelForSeq2SeqLM
-    model = auto.from_pretrained(run_dir)
+    model = auto.from_pretrained(run_dir)  # an adapter folder loads onto its base
+    configure_generation(model, tokenizer, recipe.seq2seq, architecture)
     trainer = build_seq2seq_trainer(recipe, model, tokenizer, data.train, data.eval,
                                     generation_metrics(tokenizer, metric_names(recipe.seq2seq)))
     return trainer.evaluate()

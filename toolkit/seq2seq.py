@@ -155,7 +155,6 @@ def build_seq2seq_model(recipe: Recipe, tokenizer, architecture: str, seed: int 
 
     set_seed(seed)
     spec, s2s = recipe.model, recipe.seq2seq
-    start, eos, pad = special_ids(tokenizer)
     if architecture == DECODER_ONLY:
         model = build_model(spec, load_model_config(spec), tokenizer, seed=seed)
     elif spec.name_or_path:
@@ -174,6 +173,14 @@ def build_seq2seq_model(recipe: Recipe, tokenizer, architecture: str, seed: int 
             model.config.decoder.vocab_size = len(tokenizer)
         else:
             model.resize_token_embeddings(len(tokenizer))
+    configure_generation(model, tokenizer, s2s, architecture)
+    return model
+
+
+def configure_generation(model, tokenizer, spec: Seq2Seq, architecture: str) -> None:
+    """The tokenizer's special ids and the recipe's generation settings, on the model and its generation config.
+    Also applied to a reloaded run: an adapter folder comes back with its base's settings, not the run's."""
+    start, eos, pad = special_ids(tokenizer)
     ids = {"eos_token_id": eos, "pad_token_id": pad}
     if architecture == ENCODER_DECODER:
         ids["decoder_start_token_id"] = start
@@ -181,11 +188,10 @@ def build_seq2seq_model(recipe: Recipe, tokenizer, architecture: str, seed: int 
     for config in (model.config, model.generation_config):
         for key, value in ids.items():
             setattr(config, key, value)
-    model.generation_config.update(num_beams=s2s.num_beams, max_new_tokens=s2s.max_new_tokens,
-                                   length_penalty=s2s.length_penalty, no_repeat_ngram_size=s2s.no_repeat_ngram_size,
-                                   early_stopping=s2s.num_beams > 1, do_sample=False)
+    model.generation_config.update(num_beams=spec.num_beams, max_new_tokens=spec.max_new_tokens,
+                                   length_penalty=spec.length_penalty, no_repeat_ngram_size=spec.no_repeat_ngram_size,
+                                   early_stopping=spec.num_beams > 1, do_sample=False)
     model.generation_config.max_length = None
-    return model
 
 
 def check_metrics(spec: Seq2Seq) -> list[str]:
