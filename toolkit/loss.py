@@ -49,8 +49,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         compute = hidden.dtype
         w = weight.to(compute)
         grad_hidden = torch.zeros_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight.requires_grad else None
-        grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if bias is not None and bias.requires_grad else None
+        # Float32 accumulators for the parameters that train (a LoRA run's head is frozen).
+        grad_weight = _zeros_if_trained(weight)
+        grad_bias = _zeros_if_trained(bias)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_tokens):
             h, y = hidden[start : start + chunk_tokens], labels[start : start + chunk_tokens]
@@ -85,6 +86,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _zeros_if_trained(parameter):
+    if parameter is None or not parameter.requires_grad:
+        return None
+    return torch.zeros(parameter.shape, dtype=torch.float32, device=parameter.device)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -135,5 +142,6 @@ def check_fused_loss_exact(model) -> None:
     finally:
         model.train(was_training)
     if not torch.allclose(projected.float(), out.logits.float(), rtol=1e-3, atol=1e-3):
-        raise ToolkitError(f"model type {model.config.model_type!r} transforms its logits after the output projection,"
-                           " so the fused cross-entropy would train a different loss; set model.fused_cross_entropy=false")
+        raise ToolkitError(f"model type {model.config.model_type!r} transforms its logits after the output"
+                           " projection, so the fused cross-entropy would train a different loss;"
+                           " set model.fused_cross_entropy=false")

@@ -110,7 +110,7 @@ class Model:
     model_type: str = "llama"  # for a model built from a config: any type AutoConfig knows
     config: dict[str, Any] = field(default_factory=dict)  # overrides of the model config
     attn_implementation: str = "sdpa"
-    # The loss without the whole logits tensor (toolkit/loss.py): causal-LM training only.
+    # The loss without the whole logits tensor (toolkit/loss.py): decoder-only models (pretrain, finetune, seq2seq).
     # auto: on for vocabularies of FUSED_LOSS_MIN_VOCAB tokens or more, where the logits are the largest tensor.
     fused_cross_entropy: bool | Literal["auto"] = "auto"
 

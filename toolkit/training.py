@@ -92,19 +92,10 @@ class SafeTraining:
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
 
 
-class CausalLMTrainer(SafeTraining, Trainer):
-    """The causal-LM Trainer: eval_loss is the mean over evaluation tokens.
+class FusedLoss:
+    """A causal LM's training loss taken by toolkit/loss.py when `fused_loss` is set (see use_fused_loss)."""
 
-    Trainer's own eval_loss averages per-batch losses (each repeated by the batch size),
-    which over-weights short batches; the logs, early stopping and best-model choice all
-    see the token mean instead.
-    """
-
-    fused_loss = None  # a FusedCausalLMLoss when model.fused_cross_entropy is on (see use_fused_loss)
-
-    def __init__(self, *args, eval_data_collator=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eval_data_collator = eval_data_collator
+    fused_loss = None  # a FusedCausalLMLoss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.fused_loss is None or return_outputs or not model.training:
@@ -117,6 +108,19 @@ class CausalLMTrainer(SafeTraining, Trainer):
                                         False, num_items_in_batch)
         finally:
             self.compute_loss_func = None
+
+
+class CausalLMTrainer(SafeTraining, FusedLoss, Trainer):
+    """The causal-LM Trainer: eval_loss is the mean over evaluation tokens.
+
+    Trainer's own eval_loss averages per-batch losses (each repeated by the batch size),
+    which over-weights short batches; the logs, early stopping and best-model choice all
+    see the token mean instead.
+    """
+
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
 
     def get_eval_dataloader(self, eval_dataset=None):
         """Evaluation may batch differently from training (packed rows kept apart, see packing.py)."""
@@ -193,7 +197,7 @@ def build_seq2seq_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_
 
     decoder_only = not model.config.is_encoder_decoder
 
-    class Seq2SeqLMTrainer(SafeTraining, Seq2SeqTrainer):
+    class Seq2SeqLMTrainer(SafeTraining, FusedLoss, Seq2SeqTrainer):
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
             if not decoder_only or prediction_loss_only or not self.args.predict_with_generate:
                 return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
@@ -214,7 +218,7 @@ def build_seq2seq_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_
     generation = {"generation_num_beams": model.generation_config.num_beams}
     if not decoder_only:  # a decoder-only model's length is its prompt plus max_new_tokens, set on the model
         generation["generation_max_length"] = model.generation_config.max_new_tokens + 1  # + the start token
-    return _setup(recipe, Seq2SeqLMTrainer(
+    trainer = _setup(recipe, Seq2SeqLMTrainer(
         model=model,
         data_collator=collator,
         train_dataset=train_dataset,
@@ -223,6 +227,9 @@ def build_seq2seq_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_
         compute_metrics=compute_metrics,
         **_common(recipe, Seq2SeqTrainingArguments, predict_with_generate=True, **generation),
     ))
+    if decoder_only and use_fused_loss(recipe, trainer):
+        trainer.fused_loss = FusedCausalLMLoss(model)
+    return trainer
 
 
 def _common(recipe: Recipe, arguments_class, **extra) -> dict:
