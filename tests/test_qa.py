@@ -157,6 +157,39 @@ def test_builtin_corpus_is_exact_deterministic_and_partly_unanswerable():
     assert len({s for a in rows["answers"] for s in a["answer_start"]}) > 100  # the answer moves around
 
 
+def test_official_squad_json_files_are_read_one_row_per_question(tmp_path):
+    """The layout of train-v2.0.json (written here by hand): articles > paragraphs > questions."""
+    import json
+
+    from toolkit.qa import load_qa_source
+    from toolkit.recipe import QA, Source
+
+    context = "The lamp is green. It stands on the desk."
+    squad = {"version": "v2.0", "data": [{"title": "Lamp", "paragraphs": [{"context": context, "qas": [
+        {"id": "q1", "question": "What colour is the lamp?", "is_impossible": False,
+         "answers": [{"text": "green", "answer_start": 12}, {"text": "green", "answer_start": 12}]},
+        {"id": "q2", "question": "Who bought the lamp?", "is_impossible": True, "answers": [],
+         "plausible_answers": [{"text": "desk", "answer_start": 36}]},
+    ]}]}, {"title": "Desk", "paragraphs": [{"context": "A desk.", "qas": [
+        {"id": "q3", "question": "What is it?", "answers": [{"text": "A desk", "answer_start": 0}]}]}]}]}
+    path = tmp_path / "train-v2.0.json"
+    path.write_text(json.dumps(squad))
+    ds = load_qa_source(Source(files=str(path)), 0, QA(version_2=True))
+    assert ds["id"] == ["q1", "q2", "q3"] and ds["context"] == [context, context, "A desk."]
+    assert ds["answers"][0] == {"text": ["green", "green"], "answer_start": [12, 12]}
+    assert ds["answers"][1] == {"text": [], "answer_start": []}  # unanswerable: its plausible answer is not gold
+    assert context[12:17] == "green" and ds["question"][2] == "What is it?"
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"context": "c", "question": "q", "answers": {"text": [], "answer_start": []}}) + "\n")
+    with pytest.raises(ToolkitError, match="mixes official SQuAD JSON files"):
+        load_qa_source(Source(files=[str(path), str(rows)]), 0, QA())
+    del squad["data"][1]["paragraphs"][0]["qas"][0]["question"]
+    path.write_text(json.dumps(squad))
+    with pytest.raises(ToolkitError, match=r"train-v2.0.json: not the official SQuAD layout .*KeyError 'question'"):
+        load_qa_source(Source(files=str(path)), 0, QA())
+
+
 def test_bad_answer_start_is_skipped_and_counted_or_stops_with_the_example_named():
     good = _example("good", "Paris is the capital of France.", "Paris")
     moved = _example("moved", "Paris is the capital of France.", "France")

@@ -198,10 +198,17 @@ def load_qa_source(source: Source, index: int, qa: QA) -> Dataset:
     elif source.files:
         files = _qa_files(source, f"data.sources[{index}]")
         name = ", ".join(files[:3])
-        try:
-            ds = load_dataset(QA_FILE_FORMATS[Path(files[0]).suffix.lower()], data_files=files, split="train")
-        except Exception as err:  # malformed JSON: say which files, not a parser traceback
-            raise ToolkitError(f"could not read {name}: {first_line(err)}") from None
+        nested = [_official_squad(f) for f in files]
+        if all(n is not None for n in nested):
+            ds = Dataset.from_dict(_flatten_squad(nested, files, qa))
+        elif any(n is not None for n in nested):
+            raise ToolkitError(f"data.sources[{index}] mixes official SQuAD JSON files ({{\"data\": [...]}}) with"
+                               " one-row-per-question files; give each kind its own source")
+        else:
+            try:
+                ds = load_dataset(QA_FILE_FORMATS[Path(files[0]).suffix.lower()], data_files=files, split="train")
+            except Exception as err:  # malformed JSON: say which files, not a parser traceback
+                raise ToolkitError(f"could not read {name}: {first_line(err)}") from None
     else:
         name = source.hub
         try:
@@ -216,6 +223,44 @@ def load_qa_source(source: Source, index: int, qa: QA) -> Dataset:
     ds = ds.select_columns(list(columns.values()))
     ds = ds.rename_columns({c: canonical for canonical, c in columns.items() if c != canonical})
     return ds.add_column("id", [str(i) for i in ids])
+
+
+def _official_squad(path: str) -> dict | None:
+    """The official SQuAD layout (train-v1.1.json, train-v2.0.json): one JSON object,
+    {"data": [{"paragraphs": [{"context", "qas": [...]}]}]}. None for any other file."""
+    import json
+
+    if Path(path).suffix.lower() != ".json":
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            if not f.read(64).lstrip().startswith("{"):
+                return None  # an array of rows
+            f.seek(0)
+            obj = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # JSON lines, say: the usual loader reads it or names the problem
+    return obj if isinstance(obj, dict) and isinstance(obj.get("data"), list) else None
+
+
+def _flatten_squad(documents: list[dict], files: list[str], qa: QA) -> dict[str, list]:
+    """One row per question, under the recipe's column names; is_impossible (SQuAD 2.0) means no answer."""
+    rows = {"id": [], qa.context_column: [], qa.question_column: [], qa.answers_column: []}
+    for doc, path in zip(documents, files):
+        try:
+            for article in doc["data"]:
+                for paragraph in article["paragraphs"]:
+                    for q in paragraph["qas"]:
+                        given = [] if q.get("is_impossible") else q.get("answers", [])
+                        rows["id"].append(str(q["id"]))
+                        rows[qa.context_column].append(paragraph["context"])
+                        rows[qa.question_column].append(q["question"])
+                        rows[qa.answers_column].append({"text": [a["text"] for a in given],
+                                                        "answer_start": [int(a["answer_start"]) for a in given]})
+        except (KeyError, TypeError, ValueError) as err:
+            raise ToolkitError(f"{path}: not the official SQuAD layout (data > paragraphs > context, qas > id,"
+                               f" question, answers > text, answer_start): {type(err).__name__} {err}") from None
+    return rows
 
 
 def check_answers(ds: Dataset, qa: QA, name: str) -> tuple[Dataset, dict]:
