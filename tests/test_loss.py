@@ -111,3 +111,19 @@ def test_a_model_that_changes_its_logits_after_the_projection_is_refused():
     with pytest.raises(ToolkitError, match="'gemma2' transforms its logits"):
         check_fused_loss_exact(Gemma2ForCausalLM(config))
     check_fused_loss_exact(_tiny_llama())  # a plain projection passes
+
+
+def test_a_model_without_logits_to_keep_is_refused():
+    """Models with their own forward (remote code, older families) may not take the keyword."""
+    from transformers import LlamaForCausalLM
+
+    from toolkit.loss import check_fused_loss_exact
+
+    class OlderForward(LlamaForCausalLM):
+        def forward(self, input_ids=None, output_hidden_states=None):  # no logits_to_keep, no **kwargs
+            return super().forward(input_ids=input_ids, output_hidden_states=output_hidden_states)
+
+    model = _tiny_llama()
+    older = OlderForward(model.config)
+    with pytest.raises(ToolkitError, match="does not take logits_to_keep"):
+        check_fused_loss_exact(older)

@@ -139,6 +139,11 @@ def check_fused_loss_exact(model) -> None:
             projected = out.hidden_states[-1].to(head.weight.dtype) @ head.weight.T
             if getattr(head, "bias", None) is not None:
                 projected = projected + head.bias
+            try:  # training asks for one position's logits only
+                model(input_ids=ids, output_hidden_states=True, logits_to_keep=1)
+            except TypeError:
+                raise ToolkitError(f"model type {model.config.model_type!r} does not take logits_to_keep, so the fused"
+                                   " cross-entropy cannot skip its logits; set model.fused_cross_entropy=false") from None
     finally:
         model.train(was_training)
     if not torch.allclose(projected.float(), out.logits.float(), rtol=1e-3, atol=1e-3):
