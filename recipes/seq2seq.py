@@ -22,7 +22,8 @@ from toolkit.modeling import apply_lora, check_lora, resolve_pretrained  # noqa:
 from toolkit.run import finish_run, start_run, train_and_evaluate  # noqa: E402
 from toolkit.scoring import generation_metrics  # noqa: E402
 from toolkit.seq2seq import (  # noqa: E402
-    DECODER_ONLY, build_seq2seq_model, check_metrics, check_prompt_template, model_architecture, samples,
+    DECODER_ONLY, build_seq2seq_model, check_decoder_only, check_generation, check_metrics, model_architecture,
+    samples,
 )
 from toolkit.training import build_seq2seq_trainer  # noqa: E402
 
@@ -42,11 +43,12 @@ def main(argv=None):
         raise ToolkitError("lora.enabled adapts pretrained weights, and a model built from a config or warm-started"
                            " (new cross-attention) has none to adapt; set model.name_or_path or lora.enabled=false")
     metrics = check_metrics(recipe.seq2seq)
+    check_generation(recipe.seq2seq)
     with run.state.main_process_first():  # a GGUF file is converted once, on the main process
         resolved = dataclasses.replace(recipe, model=resolve_pretrained(recipe.model, recipe.data.cache_dir))
     architecture = model_architecture(resolved)  # encoder-decoder, or decoder-only (prompt, then target)
     if architecture == DECODER_ONLY:
-        check_prompt_template(recipe.seq2seq)
+        check_decoder_only(recipe.seq2seq)
 
     # 2. Pairs and tokenizer: built once, by the first process; the others read its cache.
     data = prepare_seq2seq_data(resolved, architecture)

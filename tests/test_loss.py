@@ -44,12 +44,12 @@ def test_labels_are_the_next_tokens():
     assert next_token_labels(torch.tensor([[5, 6, 7], [8, 9, IGNORE]])).tolist() == [[6, 7, IGNORE], [9, IGNORE, IGNORE]]
 
 
-def _tiny_llama(seed=0, **extra):
+def _tiny_llama(seed=0, vocab_size=300):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=4, vocab_size=300, **extra)
+                         num_key_value_heads=4, vocab_size=vocab_size)
     return LlamaForCausalLM(config)
 
 
@@ -127,3 +127,53 @@ def test_a_model_without_logits_to_keep_is_refused():
     older = OlderForward(model.config)
     with pytest.raises(ToolkitError, match="does not take logits_to_keep"):
         check_fused_loss_exact(older)
+
+
+def test_the_head_runs_in_the_runs_mixed_precision_dtype():
+    """In a bf16 run the model hands back float32 hidden states; the head's matmuls still run in bf16."""
+    torch.manual_seed(0)
+    hidden = torch.randn(12, 16, requires_grad=True)
+    weight = torch.randn(40, 16, requires_grad=True)
+    labels = torch.randint(0, 40, (12,))
+    total, _ = linear_cross_entropy(hidden, weight, None, labels, compute=torch.bfloat16)
+    total.backward()
+    logits = (hidden.detach().bfloat16() @ weight.detach().bfloat16().T).float()
+    plain = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    assert torch.allclose(total, plain, rtol=1e-3)  # bf16 products, float32 log-sum-exp
+    assert not torch.allclose(total, torch.nn.functional.cross_entropy(hidden @ weight.T, labels, reduction="sum"),
+                              rtol=1e-5)
+    assert hidden.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
+
+
+def _trainer(setting, vocab=300, lora_targets=None, **training):
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from toolkit.modeling import apply_lora
+    from toolkit.recipe import Lora, Model, Recipe
+    from toolkit.training import build_trainer
+
+    raw = Tokenizer(models.WordLevel({"t0": 0, "t1": 1}, unk_token="t0"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="t0", eos_token="t1")
+    model = _tiny_llama(vocab_size=vocab)
+    if lora_targets:
+        model = apply_lora(model, Lora(enabled=True, target_modules=lora_targets))
+    data = Dataset.from_dict({"input_ids": [[2, 3, 4]] * 4})
+    recipe = Recipe(model=Model(fused_cross_entropy=setting),
+                    training={"output_dir": "unused", "report_to": [], "max_steps": 1, **training})
+    return build_trainer(recipe, model, tokenizer, data, data)
+
+
+def test_auto_takes_the_fused_loss_only_where_it_is_exact(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _trainer("auto", vocab=32_000).fused_loss is not None  # large vocabulary: on
+    assert _trainer("auto").fused_loss is None  # 300 tokens: the logits are small, plain loss
+    assert _trainer("auto", vocab=32_000, lora_targets=["q_proj", "lm_head"]).fused_loss is None
+    assert _trainer("auto", vocab=32_000, label_smoothing_factor=0.1).fused_loss is None
+    assert _trainer("auto", vocab=32_000, lora_targets=["q_proj", "v_proj"]).fused_loss is not None
+    # Asked for outright, the same cases stop the run in one line.
+    with pytest.raises(ToolkitError, match="cannot train a LoRA adapter on the output layer"):
+        _trainer(True, lora_targets=["q_proj", "lm_head"])
+    with pytest.raises(ToolkitError, match="does not smooth labels; set training.label_smoothing_factor=0"):
+        _trainer(True, label_smoothing_factor=0.1)

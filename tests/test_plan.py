@@ -137,11 +137,13 @@ def test_smollm2_360m_on_h200_total_flops_follow_the_formula():
     memory = result["memory"]  # bf16 autocast over fp32 weights, AdamW
     assert (memory["weights"], memory["gradients"], memory["optimizer"]) == (6 * N, 4 * N, 8 * N)
     # At a 49k vocabulary the fused loss is on (auto): one chunk of logits, not the whole head's.
-    head = 2**25 * (4 + 2) + 8 * 2048 * 960 * 2 + 49152 * 960 * 4
+    head = 2**25 * (4 + 2) + 8 * 2048 * 960 * 4 + 49152 * 960 * 4
     assert memory["activations"] == 32 * 2048 * 8 * 960 * 34 + head
     assert result["fits"] is True
     plain = plan(recipe(*SMOLLM2_360M, "model.fused_cross_entropy=false"), gpu="H200")["memory"]["activations"]
-    assert plain == 32 * 2048 * 8 * 960 * 34 + 8 * 2048 * 49152 * (2 + 4)  # 4.8 GB of logits against 0.4 GB
+    assert plain == 32 * 2048 * 8 * 960 * 34 + 8 * 2048 * 49152 * (2 + 4)  # 4.8 GB of logits against 0.5 GB
+    smoothed = plan(recipe(*SMOLLM2_360M, "training.label_smoothing_factor=0.1"), gpu="H200")  # the plain loss then
+    assert smoothed["memory"]["activations"] == plain
 
 
 @pytest.mark.parametrize("key", ["activation_checkpointing", "gradient_checkpointing"])

@@ -23,7 +23,8 @@ def tiny_translation_recipe() -> dict:
                                  "num_heads": 4}
     recipe["tokenizer"] = {"vocab_size": 400}
     recipe["data"] = {"sources": [{"builtin": "gettext-en-de", "limit": 400}], "eval_fraction": 0.05}
-    recipe["seq2seq"].update(max_source_length=32, max_target_length=32, num_beams=1, max_new_tokens=8, eval_limit=12)
+    recipe["seq2seq"].update(max_source_length=32, max_target_length=32, num_beams=1, length_penalty=1.0,
+                             max_new_tokens=8, eval_limit=12)
     recipe["training"].update(max_steps=4, per_device_train_batch_size=8, per_device_eval_batch_size=12,
                               save_steps=2, logging_steps=1, report_to=[])
     return recipe
@@ -168,6 +169,7 @@ TINY_LLAMA = {"model_type": "llama", "config": {"hidden_size": 32, "intermediate
 def test_decoder_only_translation_learns_only_the_target_and_rescores_the_same(tiny_t5, tmp_path):
     """A llama reads "Translate en to de:\n<source>\n" and learns the German after it; scored before and after."""
     tiny_t5["model"] = TINY_LLAMA
+    tiny_t5["seq2seq"]["no_repeat_ngram_size"] = 0  # it would count the prompt's n-grams too (refused, see below)
     _, out = translate_and_rescore(tiny_t5, tmp_path)  # generating from the prompts alone, reloaded too
     assert json.loads((out / "data_stats.json").read_text())["architecture"] == "decoder-only"
     assert "pipeline_tag: text-generation" in (out / "README.md").read_text()
@@ -220,19 +222,27 @@ def test_decoder_only_prompts_keep_the_template_ending_when_the_source_is_cut():
     assert whole == "summarize : one two = >"
 
 
-@pytest.mark.parametrize("template, message", [
-    ("Translate: {text}", "names {text}; the fields are {source}, {source_lang}, {target_lang}"),
-    ("Translate this.", "has no {source}"),
-    ("{source} in {target_lang}:", "names {target_lang} but seq2seq.target_lang is not set"),
-    ("{source", "not a valid template"),
+@pytest.mark.parametrize("template, no_repeat, message", [
+    ("Translate: {text}", 0, "names {text}; the fields are {source}, {source_lang}, {target_lang}"),
+    ("Translate this.", 0, "has no {source}"),
+    ("{source} in {target_lang}:", 0, "names {target_lang} but seq2seq.target_lang is not set"),
+    ("{source", 0, "not a valid template"),
+    ("{source}\n", 3, "no_repeat_ngram_size would also forbid repeating the prompt's n-grams"),
 ])
-def test_a_bad_prompt_template_is_one_clear_error(template, message):
+def test_a_bad_decoder_only_setting_is_one_clear_error(template, no_repeat, message):
     from toolkit.errors import ToolkitError
     from toolkit.recipe import Seq2Seq
-    from toolkit.seq2seq import check_prompt_template
+    from toolkit.seq2seq import check_decoder_only
 
     with pytest.raises(ToolkitError, match=re.escape(message)):
-        check_prompt_template(Seq2Seq(prompt_template=template))
+        check_decoder_only(Seq2Seq(prompt_template=template, no_repeat_ngram_size=no_repeat))
+
+
+def test_generation_settings_transformers_would_refuse_at_save_are_refused_before_any_work(tiny_t5, tmp_path):
+    tiny_t5["seq2seq"]["length_penalty"] = 2.0  # with num_beams 1: GenerationConfig refuses to save it, mid-run
+    result = run([sys.executable, str(SEQ2SEQ), "--config", str(write_recipe(tmp_path, tiny_t5))])
+    assert_refused(result, "seq2seq generation settings: `length_penalty`", "(the keys are under seq2seq:)")
+    assert not Path(tiny_t5["training"]["output_dir"]).exists()
 
 
 def test_a_missing_language_in_wmt_style_rows_names_the_columns(tiny_t5, tmp_path):

@@ -37,16 +37,16 @@ def fused_loss_wanted(setting: bool | str, vocab_size: int) -> bool:
 
 def fused_loss_bytes(tokens: int, hidden_size: int, vocab_size: int, per_value: int) -> int:
     """What the fused loss holds at its peak: one chunk's float32 logits and their gradient in the
-    compute dtype, the hidden states' gradient, and the float32 gradient of the output weight."""
-    return CHUNK_ELEMENTS * (4 + per_value) + tokens * hidden_size * per_value + vocab_size * hidden_size * 4
+    compute dtype, and the float32 gradients of the hidden states (the residual stream is not
+    autocast) and of the output weight."""
+    return CHUNK_ELEMENTS * (4 + per_value) + tokens * hidden_size * 4 + vocab_size * hidden_size * 4
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """Sum over labelled tokens of -log softmax(hidden @ weight.T + bias)[label]; gradients made in forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk_tokens: int):
-        compute = hidden.dtype
+    def forward(ctx, hidden, weight, bias, labels, chunk_tokens: int, compute: torch.dtype):
         w = weight.to(compute)
         grad_hidden = torch.zeros_like(hidden)
         # Float32 accumulators for the parameters that train (a LoRA run's head is frozen).
@@ -54,7 +54,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_bias = _zeros_if_trained(bias)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_tokens):
-            h, y = hidden[start : start + chunk_tokens], labels[start : start + chunk_tokens]
+            h, y = hidden[start : start + chunk_tokens].to(compute), labels[start : start + chunk_tokens]
             logits = (h @ w.T).float()
             if bias is not None:
                 logits += bias.float()
@@ -85,6 +85,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype),
             None,
             None,
+            None,
         )
 
 
@@ -95,10 +96,13 @@ def _zeros_if_trained(parameter):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                         labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed loss, labelled tokens) for hidden [N, H], weight [V, H] and labels [N] (-100: not learned)."""
+                         labels: torch.Tensor, compute: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, labelled tokens) for hidden [N, H], weight [V, H] and labels [N] (-100: not learned).
+
+    `compute`: the matmuls' dtype (bf16 in a bf16 run); log-sum-exp and accumulators stay float32.
+    """
     chunk_tokens = max(1, CHUNK_ELEMENTS // weight.shape[0])
-    total = _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_tokens)
+    total = _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_tokens, compute or hidden.dtype)
     return total, (labels != IGNORE).sum()
 
 
@@ -111,15 +115,18 @@ class FusedCausalLMLoss:
     """A Trainer `compute_loss_func` reading the last hidden state instead of the logits.
 
     The model must be called with `output_hidden_states=True` (the Trainer subclass does it).
+    `compute`: the run's mixed-precision dtype. Autocast covers only the model's forward, and
+    accelerate hands its outputs back in float32, so the head's matmuls would otherwise run
+    in float32 where the plain loss runs them in bf16.
     """
 
-    def __init__(self, model):
-        self.head = model.get_output_embeddings()
+    def __init__(self, model, compute: torch.dtype | None = None):
+        self.head, self.compute = model.get_output_embeddings(), compute
 
     def __call__(self, outputs, labels, num_items_in_batch=None):
         hidden = outputs.hidden_states[-1]
         total, count = linear_cross_entropy(hidden.flatten(0, 1), self.head.weight, getattr(self.head, "bias", None),
-                                            next_token_labels(labels).flatten())
+                                            next_token_labels(labels).flatten(), self.compute)
         return total / (num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1))
 
 
@@ -128,8 +135,7 @@ def check_fused_loss_exact(model) -> None:
     scales or caps its logits (gemma2's soft-capping, say) would train on a different loss."""
     head = model.get_output_embeddings()
     if head is None or not hasattr(head, "weight"):
-        raise ToolkitError("model.fused_cross_entropy needs a model with an output projection (lm_head);"
-                           " set model.fused_cross_entropy=false")
+        raise ToolkitError("model.fused_cross_entropy needs a model with an output projection (lm_head)")
     was_training = model.training
     model.eval()
     try:
@@ -143,10 +149,9 @@ def check_fused_loss_exact(model) -> None:
                 model(input_ids=ids, output_hidden_states=True, logits_to_keep=1)
             except TypeError:
                 raise ToolkitError(f"model type {model.config.model_type!r} does not take logits_to_keep, so the fused"
-                                   " cross-entropy cannot skip its logits; set model.fused_cross_entropy=false") from None
+                                   " cross-entropy cannot skip its logits") from None
     finally:
         model.train(was_training)
     if not torch.allclose(projected.float(), out.logits.float(), rtol=1e-3, atol=1e-3):
         raise ToolkitError(f"model type {model.config.model_type!r} transforms its logits after the output"
-                           " projection, so the fused cross-entropy would train a different loss;"
-                           " set model.fused_cross_entropy=false")
+                           " projection, so the fused cross-entropy would train a different loss")

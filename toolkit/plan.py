@@ -297,11 +297,21 @@ def activation_bytes(config, recipe: Recipe, T: int, B: int, half: bool) -> int:
         layers = L * T * B * d * 4 + per_layer
     else:
         layers = L * per_layer
-    if fused_loss_wanted(recipe.model.fused_cross_entropy, V):
+    if _fused_loss(recipe, config):
         logits = fused_loss_bytes(B * T, d, V, per_value)
     else:
         logits = B * T * V * (per_value + 4)
     return int(layers + logits)
+
+
+def _fused_loss(recipe: Recipe, config) -> bool:
+    """Whether training will take the fused loss (training.use_fused_loss decides; it also leaves
+    it out under FSDP and DeepSpeed, which the plan does not know of)."""
+    from toolkit.modeling import is_decoder_only
+
+    targets = recipe.lora.target_modules if recipe.lora.enabled else []
+    return (fused_loss_wanted(recipe.model.fused_cross_entropy, config.vocab_size) and is_decoder_only(config.model_type)
+            and not recipe.training.get("label_smoothing_factor") and "lm_head" not in targets)
 
 
 def _checkpointing(recipe: Recipe) -> bool:

@@ -16,7 +16,7 @@ import string
 
 from datasets import Dataset
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import Recipe, Seq2Seq
 
 logger = logging.getLogger("toolkit")
@@ -59,8 +59,9 @@ def prompt_template(spec: Seq2Seq) -> str:
     return DEFAULT_PROMPTS[spec.task]
 
 
-def check_prompt_template(spec: Seq2Seq) -> None:
-    """Before any work: the template names only known fields, {source} among them, and their values exist."""
+def check_decoder_only(spec: Seq2Seq) -> None:
+    """Before any work: the template names only known fields, {source} among them, and their values
+    exist; and no generation setting works against a prompt."""
     template = prompt_template(spec)
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
@@ -76,6 +77,10 @@ def check_prompt_template(spec: Seq2Seq) -> None:
     for lang in ("source_lang", "target_lang"):
         if lang in fields and not getattr(spec, lang):
             raise ToolkitError(f"seq2seq.prompt_template names {{{lang}}} but seq2seq.{lang} is not set")
+    if spec.no_repeat_ngram_size:
+        # transformers counts the prompt's n-grams too: names and numbers of the source could never be copied.
+        raise ToolkitError("seq2seq.no_repeat_ngram_size would also forbid repeating the prompt's n-grams with a"
+                           " decoder-only model, so the source could not be copied; set it to 0")
 
 
 def encode_prompts(tokenizer, spec: Seq2Seq, sources: list[str]) -> list[list[int]]:
@@ -122,7 +127,6 @@ def model_architecture(recipe: Recipe) -> str:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
 
-    from toolkit.errors import first_line
     from toolkit.modeling import is_decoder_only
 
     spec = recipe.model
@@ -188,10 +192,33 @@ def configure_generation(model, tokenizer, spec: Seq2Seq, architecture: str) -> 
     for config in (model.config, model.generation_config):
         for key, value in ids.items():
             setattr(config, key, value)
-    model.generation_config.update(num_beams=spec.num_beams, max_new_tokens=spec.max_new_tokens,
-                                   length_penalty=spec.length_penalty, no_repeat_ngram_size=spec.no_repeat_ngram_size,
-                                   early_stopping=spec.num_beams > 1, do_sample=False)
+    model.generation_config.update(**generation_settings(spec))
     model.generation_config.max_length = None
+
+
+def generation_settings(spec: Seq2Seq) -> dict:
+    return {"num_beams": spec.num_beams, "max_new_tokens": spec.max_new_tokens, "length_penalty": spec.length_penalty,
+            "no_repeat_ngram_size": spec.no_repeat_ngram_size, "early_stopping": spec.num_beams > 1,
+            "do_sample": False}
+
+
+def check_generation(spec: Seq2Seq) -> None:
+    """Before any work: settings transformers would refuse when the model is saved, mid-run."""
+    from transformers import GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    if spec.num_beams < 1 or spec.max_new_tokens < 1:
+        raise ToolkitError("seq2seq.num_beams and seq2seq.max_new_tokens must be at least 1")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its own warning would repeat the error below
+    try:
+        GenerationConfig(**generation_settings(spec)).validate(strict=True)
+    except ValueError as err:
+        problems = [line.strip("- ") for line in str(err).splitlines() if line.startswith("- ")]
+        raise ToolkitError(f"seq2seq generation settings: {problems[0] if problems else first_line(err)}"
+                           " (the keys are under seq2seq:)") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def check_metrics(spec: Seq2Seq) -> list[str]:
@@ -209,7 +236,8 @@ def samples(stats: dict):
 
     def draw(trainer, recipe: Recipe) -> list[dict]:
         pairs = stats.get("samples", [])
-        outputs = translate(trainer.model, trainer.processing_class, recipe.seq2seq, [p["source"] for p in pairs])
+        outputs = translate(trainer.model, trainer.processing_class, recipe.seq2seq, [p["source"] for p in pairs],
+                            synced_gpus=trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
         return [{"prompt": p["source"], "completion": out, "reference": p["target"]} for p, out in zip(pairs, outputs)]
 
     return draw
@@ -225,14 +253,18 @@ def left_padded(rows: list[list[int]], pad: int, device=None):
     return ids, mask
 
 
-def continue_prompts(model, rows: list[list[int]], pad: int):
-    """What a decoder-only model generates after each prompt (the prompt itself cut off)."""
+def continue_prompts(model, rows: list[list[int]], pad: int, synced_gpus: bool = False):
+    """What a decoder-only model generates after each prompt (the prompt itself cut off).
+
+    `synced_gpus`: with sharded weights (FSDP, ZeRO-3) every process keeps stepping until all
+    are done, or one that finished early would leave the others waiting in a gather.
+    """
     ids, mask = left_padded(rows, pad, model.device)
-    out = model.generate(input_ids=ids, attention_mask=mask, max_length=None)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_length=None, synced_gpus=synced_gpus)
     return out[:, ids.shape[1]:]
 
 
-def translate(model, tokenizer, spec: Seq2Seq, sources: list[str]) -> list[str]:
+def translate(model, tokenizer, spec: Seq2Seq, sources: list[str], synced_gpus: bool = False) -> list[str]:
     """Generated outputs for a few sources (the card's samples), with the recipe's generation settings."""
     import torch
 
@@ -244,8 +276,9 @@ def translate(model, tokenizer, spec: Seq2Seq, sources: list[str]) -> list[str]:
         if model.config.is_encoder_decoder:
             batch = tokenizer([spec.prefix + s for s in sources], return_tensors="pt", padding=True, truncation=True,
                               max_length=spec.max_source_length).to(model.device)
-            out = model.generate(**batch, max_length=None)
+            out = model.generate(**batch, max_length=None, synced_gpus=synced_gpus)
         else:
-            out = continue_prompts(model, encode_prompts(tokenizer, spec, sources), special_ids(tokenizer)[2])
+            out = continue_prompts(model, encode_prompts(tokenizer, spec, sources), special_ids(tokenizer)[2],
+                                   synced_gpus)
     model.train(model_was_training)
     return [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]

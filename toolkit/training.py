@@ -159,30 +159,40 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
         **_common(recipe, TrainingArguments),
     ))
     if use_fused_loss(recipe, trainer):
-        trainer.fused_loss = FusedCausalLMLoss(model)
+        trainer.fused_loss = fused_loss(trainer)
     return trainer
 
 
 def use_fused_loss(recipe: Recipe, trainer) -> bool:
-    """model.fused_cross_entropy decided: true (checked to be exact), false, or auto (by vocabulary size)."""
+    """model.fused_cross_entropy decided: true (checked to be exact), false, or auto (by vocabulary size).
+
+    Under auto, any reason against it keeps the plain loss; under true, it stops the run in one line.
+    """
     setting = recipe.model.fused_cross_entropy
     head = trainer.model.get_output_embeddings()
     if not fused_loss_wanted(setting, head.weight.shape[0] if head is not None else 0):
         return False
-    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
-    if setting == "auto":
-        if sharded:
+    try:
+        if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # the weight is sharded again before the loss
+            raise ToolkitError("model.fused_cross_entropy=true does not work with FSDP or DeepSpeed yet")
+        if hasattr(head, "lora_A") or hasattr(head, "base_layer"):  # the loss would read the frozen base weight only
+            raise ToolkitError("model.fused_cross_entropy=true cannot train a LoRA adapter on the output layer;"
+                               " leave lm_head out of lora.target_modules")
+        if trainer.args.label_smoothing_factor:
+            raise ToolkitError("model.fused_cross_entropy=true does not smooth labels;"
+                               " set training.label_smoothing_factor=0")
+        check_fused_loss_exact(trainer.model)
+    except ToolkitError as err:
+        if setting == "auto":
             return False
-        try:
-            check_fused_loss_exact(trainer.model)
-        except ToolkitError:
-            return False
-        return True
-    if sharded:  # the output weight is sharded again by the time the loss is taken
-        raise ToolkitError("model.fused_cross_entropy=true does not work with FSDP or DeepSpeed ZeRO-3 yet;"
-                           " set model.fused_cross_entropy=auto or false")
-    check_fused_loss_exact(trainer.model)
+        raise ToolkitError(f"{err}; set model.fused_cross_entropy=auto (the plain loss where it cannot be used)"
+                           " or false") from None
     return True
+
+
+def fused_loss(trainer) -> FusedCausalLMLoss:
+    args = trainer.args
+    return FusedCausalLMLoss(trainer.model, torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None))
 
 
 def build_seq2seq_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset, compute_metrics):
@@ -208,7 +218,8 @@ def build_seq2seq_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_
                 labels = inputs["labels"]
                 prompts = [row[: int((lab != IGNORE).int().argmax())].tolist()
                            for row, lab in zip(inputs["input_ids"], labels)]
-                generated = continue_prompts(self.accelerator.unwrap_model(model), prompts, tokenizer.pad_token_id)
+                generated = continue_prompts(self.accelerator.unwrap_model(model), prompts, tokenizer.pad_token_id,
+                                             synced_gpus=self.is_fsdp_enabled or self.is_deepspeed_enabled)
             return loss, generated, labels
 
     # Decoder-only rows (prompt, target) are padded on the right whatever the tokenizer's side:
@@ -228,7 +239,7 @@ def build_seq2seq_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_
         **_common(recipe, Seq2SeqTrainingArguments, predict_with_generate=True, **generation),
     ))
     if decoder_only and use_fused_loss(recipe, trainer):
-        trainer.fused_loss = FusedCausalLMLoss(model)
+        trainer.fused_loss = fused_loss(trainer)
     return trainer
 
 

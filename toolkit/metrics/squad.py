@@ -78,6 +78,8 @@ class Squad(evaluate.Metric):
         check_pairs(predictions, references, self.name, no_answer=True)  # add() of single examples skips add_batch
         em = f1 = 0.0
         for prediction, ref in zip(predictions, references):
+            # Only an empty list means "no answer". A gold that normalises to nothing ("the") is kept
+            # and scored the v1.1 way (EM counts, F1 is 0), where the v2.0 script would drop it.
             golds = [ref] if isinstance(ref, str) else [g for g in ref if g]
             if not golds:  # no answer: right only when nothing is predicted
                 right = float(not normalize_answer(prediction))
