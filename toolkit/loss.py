@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from toolkit.data.tasks import IGNORE
 from toolkit.errors import ToolkitError
 
-IGNORE = -100
 CHUNK_ELEMENTS = 1 << 25  # logits entries per chunk: 128 MB in float32, whatever the vocabulary
 
 # model.fused_cross_entropy=auto turns the fused loss on from this vocabulary size. Measured
@@ -141,15 +141,14 @@ def check_fused_loss_exact(model) -> None:
     try:
         ids = torch.arange(8, device=head.weight.device)[None] % head.weight.shape[0]
         with torch.no_grad():
-            out = model(input_ids=ids, output_hidden_states=True)
-            projected = out.hidden_states[-1].to(head.weight.dtype) @ head.weight.T
-            if getattr(head, "bias", None) is not None:
-                projected = projected + head.bias
-            try:  # training asks for one position's logits only
-                model(input_ids=ids, output_hidden_states=True, logits_to_keep=1)
+            try:  # called as training calls it: hidden states, and the last position's logits only
+                out = model(input_ids=ids, output_hidden_states=True, logits_to_keep=1)
             except TypeError:
                 raise ToolkitError(f"model type {model.config.model_type!r} does not take logits_to_keep, so the fused"
                                    " cross-entropy cannot skip its logits") from None
+            projected = out.hidden_states[-1][:, -1:].to(head.weight.dtype) @ head.weight.T
+            if getattr(head, "bias", None) is not None:
+                projected = projected + head.bias
     finally:
         model.train(was_training)
     if not torch.allclose(projected.float(), out.logits.float(), rtol=1e-3, atol=1e-3):

@@ -305,7 +305,7 @@ def activation_bytes(config, recipe: Recipe, T: int, B: int, half: bool) -> int:
 
 
 def _fused_loss(recipe: Recipe, config) -> bool:
-    """Whether training will take the fused loss (training.use_fused_loss decides; it also leaves
+    """Whether training will take the fused loss (training.fused_loss decides; it also leaves
     it out under FSDP and DeepSpeed, which the plan does not know of)."""
     from toolkit.modeling import is_decoder_only
 

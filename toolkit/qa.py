@@ -515,13 +515,18 @@ def postprocess(examples, features, start_logits, end_logits, n_best: int = 20, 
 
 # --------------------------------------------------------------------------- EM and F1
 
-def squad_scores(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
-    """Exact match and F1 (0-100) by question id, from the toolkit's squad metric; [] means no answer."""
+@functools.lru_cache(maxsize=1)
+def _squad_metric():
     from toolkit import metrics
 
+    return metrics.load("squad")  # loaded once: each evaluation scores up to three subsets
+
+
+def squad_scores(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
+    """Exact match and F1 (0-100) by question id, from the toolkit's squad metric; [] means no answer."""
     ids = list(references)
-    scores = metrics.load("squad").compute(predictions=[predictions.get(i) or "" for i in ids],
-                                           references=[references[i] for i in ids])
+    scores = _squad_metric().compute(predictions=[predictions.get(i) or "" for i in ids],
+                                     references=[references[i] for i in ids])
     return {k: round(v, 2) for k, v in scores.items()}
 
 

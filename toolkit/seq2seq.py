@@ -16,6 +16,7 @@ import string
 
 from datasets import Dataset
 
+from toolkit.data.tasks import IGNORE, bos_ids
 from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import Recipe, Seq2Seq
 
@@ -23,7 +24,6 @@ logger = logging.getLogger("toolkit")
 
 DEFAULT_METRICS = {"translation": ["bleu", "chrf"], "summarization": ["rouge"]}
 ENCODER_DECODER, DECODER_ONLY = "encoder-decoder", "decoder-only"
-IGNORE = -100
 
 # Decoder-only prompts: the target follows on the next line and ends with the model's eos.
 DEFAULT_PROMPTS = {
@@ -86,8 +86,6 @@ def check_decoder_only(spec: Seq2Seq) -> None:
 def encode_prompts(tokenizer, spec: Seq2Seq, sources: list[str]) -> list[list[int]]:
     """Decoder-only prompts as token ids. A long source is cut at a token boundary before it is
     put in the template, so the template's ending, which cues the target, is never cut off."""
-    from toolkit.data.tasks import bos_ids
-
     enc = tokenizer(sources, add_special_tokens=False, truncation=True, max_length=spec.max_source_length,
                     return_offsets_mapping=True)
     cut = [s[: offsets[-1][1]] if len(offsets) == spec.max_source_length else s

@@ -93,7 +93,7 @@ class SafeTraining:
 
 
 class FusedLoss:
-    """A causal LM's training loss taken by toolkit/loss.py when `fused_loss` is set (see use_fused_loss)."""
+    """A causal LM's training loss taken by toolkit/loss.py when `fused_loss` is set (see fused_loss)."""
 
     fused_loss = None  # a FusedCausalLMLoss
 
@@ -158,40 +158,35 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
         preprocess_logits_for_metrics=token_nll,
         **_common(recipe, TrainingArguments),
     ))
-    if use_fused_loss(recipe, trainer):
-        trainer.fused_loss = fused_loss(trainer)
+    trainer.fused_loss = fused_loss(recipe, trainer)
     return trainer
 
 
-def use_fused_loss(recipe: Recipe, trainer) -> bool:
+def fused_loss(recipe: Recipe, trainer) -> FusedCausalLMLoss | None:
     """model.fused_cross_entropy decided: true (checked to be exact), false, or auto (by vocabulary size).
 
-    Under auto, any reason against it keeps the plain loss; under true, it stops the run in one line.
+    Under auto, any reason against it keeps the plain loss (None); under true, it stops the run in one line.
+    In a bf16 or fp16 run the loss's matmuls take that dtype.
     """
-    setting = recipe.model.fused_cross_entropy
+    setting, args = recipe.model.fused_cross_entropy, trainer.args
     head = trainer.model.get_output_embeddings()
     if not fused_loss_wanted(setting, head.weight.shape[0] if head is not None else 0):
-        return False
+        return None
     try:
         if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # the weight is sharded again before the loss
             raise ToolkitError("model.fused_cross_entropy=true does not work with FSDP or DeepSpeed yet")
         if hasattr(head, "lora_A") or hasattr(head, "base_layer"):  # the loss would read the frozen base weight only
             raise ToolkitError("model.fused_cross_entropy=true cannot train a LoRA adapter on the output layer;"
                                " leave lm_head out of lora.target_modules")
-        if trainer.args.label_smoothing_factor:
+        if args.label_smoothing_factor:
             raise ToolkitError("model.fused_cross_entropy=true does not smooth labels;"
                                " set training.label_smoothing_factor=0")
         check_fused_loss_exact(trainer.model)
     except ToolkitError as err:
         if setting == "auto":
-            return False
+            return None
         raise ToolkitError(f"{err}; set model.fused_cross_entropy=auto (the plain loss where it cannot be used)"
                            " or false") from None
-    return True
-
-
-def fused_loss(trainer) -> FusedCausalLMLoss:
-    args = trainer.args
     return FusedCausalLMLoss(trainer.model, torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None))
 
 
@@ -203,7 +198,8 @@ def build_seq2seq_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_
     """
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-    from toolkit.seq2seq import IGNORE, continue_prompts
+    from toolkit.data.tasks import IGNORE
+    from toolkit.seq2seq import continue_prompts
 
     decoder_only = not model.config.is_encoder_decoder
 
@@ -238,8 +234,8 @@ def build_seq2seq_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_
         compute_metrics=compute_metrics,
         **_common(recipe, Seq2SeqTrainingArguments, predict_with_generate=True, **generation),
     ))
-    if decoder_only and use_fused_loss(recipe, trainer):
-        trainer.fused_loss = fused_loss(trainer)
+    if decoder_only:
+        trainer.fused_loss = fused_loss(recipe, trainer)
     return trainer
 
 

@@ -115,13 +115,12 @@ def _build_seq2seq(recipe: Recipe, architecture: str) -> PreparedData:
 
     s2s = recipe.seq2seq
     train, held_out, stats = split_corpus(recipe, "seq2seq")
-    empty = {}
-    for name in ("train", "eval"):
-        part = train if name == "train" else held_out
-        kept = part.filter(lambda b: [bool(s.strip()) and bool(t.strip()) for s, t in zip(b["source_text"], b["target_text"])],
-                           batched=True)
-        empty[name] = len(part) - len(kept)
-        train, held_out = (kept, held_out) if name == "train" else (train, kept)
+    def both_sides(batch):
+        return [bool(s.strip()) and bool(t.strip()) for s, t in zip(batch["source_text"], batch["target_text"])]
+
+    kept_train, kept_eval = train.filter(both_sides, batched=True), held_out.filter(both_sides, batched=True)
+    empty = {"train": len(train) - len(kept_train), "eval": len(held_out) - len(kept_eval)}
+    train, held_out = kept_train, kept_eval
     if sum(empty.values()):
         logger.info("data: dropped %d pairs with an empty source or target", sum(empty.values()))
     stats["empty_pairs_dropped"] = empty

@@ -75,6 +75,31 @@ def check_pairs(predictions, references, metric: str, no_answer: bool = False) -
             raise ToolkitError(f"{metric}: reference {i} is empty; every example needs a non-empty reference")
 
 
+class CheckedPairs:
+    """Mixed in before `evaluate.Metric`: a batch of bad predictions or references is a one-line
+    ToolkitError when it is added, not an Arrow error later. (Not a Metric itself, so that
+    evaluate still finds each module's own class as its main one.)"""
+
+    no_answer = False  # squad: an empty reference list is a question without an answer
+
+    def add_batch(self, *, predictions=None, references=None, **kwargs):
+        """Add a batch of predictions and their references; bad input is a one-line ToolkitError."""
+        # (evaluate appends the metric's inputs description to this docstring: it must have one)
+        self.check(predictions, references)
+        super().add_batch(predictions=predictions, references=references, **kwargs)
+
+    def check(self, predictions, references) -> None:
+        """Also called by each `_compute`: `add()` of single examples skips `add_batch`."""
+        check_pairs(predictions, references, self.name, self.no_answer)
+
+
+def as_streams(references):
+    """Per-example reference lists -> sacrebleu's reference streams; None where an example has fewer."""
+    refs = [[r] if isinstance(r, str) else list(r) for r in references]
+    width = max(len(r) for r in refs)
+    return [[r[j] if j < len(r) else None for r in refs] for j in range(width)]
+
+
 def _library():
     """The `evaluate` library, even where a script's folder on sys.path holds a file evaluate.py.
 

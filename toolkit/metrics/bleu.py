@@ -7,7 +7,7 @@ import datasets
 import evaluate
 from sacrebleu.metrics import BLEU
 
-from toolkit.metrics import check_pairs
+from toolkit.metrics import CheckedPairs, as_streams
 
 _FEATURES = [
     # Several references per prediction (a list), or exactly one (a string).
@@ -28,14 +28,7 @@ Returns:
 """
 
 
-def as_streams(references):
-    """Per-example reference lists -> sacrebleu's reference streams; None where an example has fewer."""
-    refs = [[r] if isinstance(r, str) else list(r) for r in references]
-    width = max(len(r) for r in refs)
-    return [[r[j] if j < len(r) else None for r in refs] for j in range(width)]
-
-
-class Bleu(evaluate.Metric):
+class Bleu(CheckedPairs, evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description="Corpus BLEU (Papineni et al., 2002) as computed by sacrebleu (Post, 2018).",
@@ -45,14 +38,9 @@ class Bleu(evaluate.Metric):
             codebase_urls=["https://github.com/mjpost/sacrebleu"],
         )
 
-    def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Add a batch of predictions and their references; bad input is a one-line ToolkitError."""
-        check_pairs(predictions, references, self.name)
-        super().add_batch(predictions=predictions, references=references, **kwargs)
-
     def _compute(self, predictions, references, tokenize=None, lowercase=False, smooth_method="exp",
                  smooth_value=None, use_effective_order=False, trg_lang=""):
-        check_pairs(predictions, references, self.name)  # add() of single examples skips add_batch
+        self.check(predictions, references)
         bleu = BLEU(lowercase=lowercase, tokenize=tokenize, smooth_method=smooth_method, smooth_value=smooth_value,
                     effective_order=use_effective_order, trg_lang=trg_lang)
         score = bleu.corpus_score(list(predictions), as_streams(references))

@@ -7,7 +7,7 @@ import datasets
 import evaluate
 from sacrebleu.metrics import CHRF
 
-from toolkit.metrics import check_pairs
+from toolkit.metrics import CheckedPairs, as_streams
 
 _FEATURES = [
     # Several references per prediction (a list), or exactly one (a string).
@@ -26,14 +26,7 @@ Returns:
 """
 
 
-def as_streams(references):
-    """Per-example reference lists -> sacrebleu's reference streams; None where an example has fewer."""
-    refs = [[r] if isinstance(r, str) else list(r) for r in references]
-    width = max(len(r) for r in refs)
-    return [[r[j] if j < len(r) else None for r in refs] for j in range(width)]
-
-
-class Chrf(evaluate.Metric):
+class Chrf(CheckedPairs, evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description="chrF, the character n-gram F-score (Popovic, 2015), as computed by sacrebleu.",
@@ -43,14 +36,9 @@ class Chrf(evaluate.Metric):
             codebase_urls=["https://github.com/mjpost/sacrebleu"],
         )
 
-    def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Add a batch of predictions and their references; bad input is a one-line ToolkitError."""
-        check_pairs(predictions, references, self.name)
-        super().add_batch(predictions=predictions, references=references, **kwargs)
-
     def _compute(self, predictions, references, char_order=6, word_order=0, beta=2, lowercase=False,
                  whitespace=False, eps_smoothing=False):
-        check_pairs(predictions, references, self.name)  # add() of single examples skips add_batch
+        self.check(predictions, references)
         chrf = CHRF(char_order=char_order, word_order=word_order, beta=beta, lowercase=lowercase,
                     whitespace=whitespace, eps_smoothing=eps_smoothing)
         score = chrf.corpus_score(list(predictions), as_streams(references))

@@ -13,7 +13,7 @@ import numpy as np
 from rouge_score import rouge_scorer
 
 from toolkit.errors import ToolkitError
-from toolkit.metrics import check_pairs
+from toolkit.metrics import CheckedPairs
 
 _FEATURES = [
     # Several references per prediction (a list: the best-scoring one counts), or exactly one (a string).
@@ -35,7 +35,7 @@ Returns:
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
-class Rouge(evaluate.Metric):
+class Rouge(CheckedPairs, evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description="ROUGE F-measures (Lin, 2004) as computed by Google's rouge_score package.",
@@ -45,13 +45,8 @@ class Rouge(evaluate.Metric):
             codebase_urls=["https://github.com/google-research/google-research/tree/master/rouge"],
         )
 
-    def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Add a batch of predictions and their references; bad input is a one-line ToolkitError."""
-        check_pairs(predictions, references, self.name)
-        super().add_batch(predictions=predictions, references=references, **kwargs)
-
     def _compute(self, predictions, references, rouge_types=ROUGE_TYPES, use_stemmer=False, use_aggregator=True):
-        check_pairs(predictions, references, self.name)  # add() of single examples skips add_batch
+        self.check(predictions, references)
         wrong = [t for t in rouge_types if not re.fullmatch(r"rouge([1-9]|L|Lsum)", t)]
         if wrong:
             raise ToolkitError(f"{self.name}: unknown rouge_types {wrong}; use rouge1 ... rouge9, rougeL or rougeLsum")

@@ -14,7 +14,7 @@ import string
 import datasets
 import evaluate
 
-from toolkit.metrics import check_pairs
+from toolkit.metrics import CheckedPairs
 
 _FEATURES = [
     # The gold answers of a question (a list: the best match counts), or exactly one (a string).
@@ -59,7 +59,9 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-class Squad(evaluate.Metric):
+class Squad(CheckedPairs, evaluate.Metric):
+    no_answer = True
+
     def _info(self):
         return evaluate.MetricInfo(
             description="SQuAD v1.1 exact match and F1 (Rajpurkar et al., 2016) over answer strings.",
@@ -69,13 +71,8 @@ class Squad(evaluate.Metric):
             reference_urls=["https://rajpurkar.github.io/SQuAD-explorer/"],
         )
 
-    def add_batch(self, *, predictions=None, references=None, **kwargs):
-        """Add a batch of predictions and their references; bad input is a one-line ToolkitError."""
-        check_pairs(predictions, references, self.name, no_answer=True)
-        super().add_batch(predictions=predictions, references=references, **kwargs)
-
     def _compute(self, predictions, references):
-        check_pairs(predictions, references, self.name, no_answer=True)  # add() of single examples skips add_batch
+        self.check(predictions, references)
         em = f1 = 0.0
         for prediction, ref in zip(predictions, references):
             # Only an empty list means "no answer". A gold that normalises to nothing ("the") is kept
