@@ -70,14 +70,14 @@ def test_validate_rejects_the_bad_recipes_of_the_pretraining_tests(tmp_path, cha
     assert_refused(toolkit_here("validate", str(write_recipe(tmp_path, recipe))), message)
 
 
-def test_validate_with_data_catches_a_dataset_cleaned_away(tmp_path):
+def test_validate_with_data_catches_a_dataset_cleaned_away(tmp_path, toolkit_here):
     recipe = copy.deepcopy(TINY_RECIPE)
     recipe["training"]["output_dir"] = str(tmp_path / "out")
     recipe["data"]["cache_dir"] = str(tmp_path / "cache")
-    good = toolkit("validate", str(write_recipe(tmp_path, recipe)), "--data")
+    good = toolkit_here("validate", str(write_recipe(tmp_path, recipe)), "--data")
     assert good.returncode == 0 and "held-out documents after cleaning" in good.stdout
     recipe["data"]["cleaning"] = {"min_chars": 10_000_000}
-    assert_refused(toolkit("validate", str(write_recipe(tmp_path, recipe)), "--data"), "dataset empty after cleaning")
+    assert_refused(toolkit_here("validate", str(write_recipe(tmp_path, recipe)), "--data"), "dataset empty after cleaning")
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
@@ -95,8 +95,8 @@ def test_plan_names_known_gpus_when_one_is_unknown(recipe_file, toolkit_here):
     assert_refused(toolkit_here("plan", str(recipe_file), "--gpu", "Z9000"), "unknown GPU 'Z9000'; known: H200")
 
 
-def test_plan_prints_the_budget(recipe_file):
-    result = toolkit("plan", str(recipe_file), "--gpu", "h200")
+def test_plan_prints_the_budget(recipe_file, toolkit_here):
+    result = toolkit_here("plan", str(recipe_file), "--gpu", "h200")
     assert result.returncode == 0, result.stderr
     assert "FLOPs" in result.stdout and "parameters" in result.stdout.lower()
 
@@ -108,11 +108,11 @@ def test_report_generate_and_push_on_a_finished_run(recipe_file, tmp_path, toolk
     out = tmp_path / "out"
     (out / "README.md").unlink()
     (out / "training_curves.png").unlink()
-    report = toolkit("report", str(out))
+    report = toolkit_here("report", str(out))
     assert report.returncode == 0, report.stderr
     assert (out / "README.md").is_file() and (out / "training_curves.png").is_file()
 
-    sample = toolkit("generate", str(out), "--prompt", "The import", "--max-new-tokens", "5", "--temperature", "0")
+    sample = toolkit_here("generate", str(out), "--prompt", "The import", "--max-new-tokens", "5", "--temperature", "0")
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout.startswith("The import")
 

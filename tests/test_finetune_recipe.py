@@ -1,4 +1,4 @@
-"""The fine-tuning recipe end to end (real subprocesses), resume with LoRA, GGUF, and bad input."""
+"""The fine-tuning recipe end to end (real subprocesses), resume with LoRA, GGUF, and bad input (in process)."""
 
 import json
 import shutil
@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import run_finetune, write_recipe
+from tests.conftest import FINETUNE, run_finetune, write_recipe
 from tests.test_bad_input import assert_refused
 
 
@@ -88,21 +88,21 @@ def test_real_gguf_model_converts_and_loads(smollm2):
     ({"lora": {"enabled": False, "quantize_4bit": True}}, "lora.quantize_4bit needs lora.enabled=true"),
     ({"data": {"max_length": 8, "too_long": "error"}}, "more than data.max_length=8"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(tiny_base, tmp_path, change, message):
+def test_bad_input_is_one_line_and_writes_nothing(tiny_base, tmp_path, change, message, recipe_here):
     r = recipe(tiny_base, tmp_path)
     for section, values in change.items():
         r[section] = {**r[section], **values}
-    result = run_finetune("--config", str(write_recipe(tmp_path, r)))
+    result = recipe_here(FINETUNE, "--config", str(write_recipe(tmp_path, r)))
     assert_refused(result, message)
     assert not (tmp_path / "out").exists()
 
 
-def test_conversation_without_an_assistant_is_refused(tiny_base, tmp_path):
+def test_conversation_without_an_assistant_is_refused(tiny_base, tmp_path, recipe_here):
     (tmp_path / "chats.jsonl").write_text("\n".join(
         json.dumps({"messages": [{"role": "user", "content": f"question {i}"}]}) for i in range(10)))
     r = recipe(tiny_base, tmp_path)
     r["data"]["sources"] = [{"files": str(tmp_path / "chats.jsonl")}]
-    result = run_finetune("--config", str(write_recipe(tmp_path, r)))
+    result = recipe_here(FINETUNE, "--config", str(write_recipe(tmp_path, r)))
     assert_refused(result, "no assistant message")
     assert not (tmp_path / "out").exists()
 

@@ -155,9 +155,9 @@ def test_summarization_recipe_end_to_end_with_the_warm_started_minilm(tmp_path):
     assert model.config.encoder.model_type == "bert" and model.config.decoder.add_cross_attention
 
 
-def test_an_encoder_only_model_type_is_refused_in_one_line(tiny_t5, tmp_path):
+def test_an_encoder_only_model_type_is_refused_in_one_line(tiny_t5, tmp_path, recipe_here):
     tiny_t5["model"] = {"model_type": "bert"}
-    result = run([sys.executable, str(SEQ2SEQ), "--config", str(write_recipe(tmp_path, tiny_t5))])
+    result = recipe_here(SEQ2SEQ, "--config", str(write_recipe(tmp_path, tiny_t5)))
     assert_refused(result, "'bert' is neither an encoder-decoder", "seq2seq.encoder")
     assert not Path(tiny_t5["training"]["output_dir"]).exists()
 
@@ -238,17 +238,17 @@ def test_a_bad_decoder_only_setting_is_one_clear_error(template, no_repeat, mess
         check_decoder_only(Seq2Seq(prompt_template=template, no_repeat_ngram_size=no_repeat))
 
 
-def test_generation_settings_transformers_would_refuse_at_save_are_refused_before_any_work(tiny_t5, tmp_path):
+def test_generation_settings_transformers_would_refuse_at_save_are_refused_before_any_work(tiny_t5, tmp_path, recipe_here):
     tiny_t5["seq2seq"]["length_penalty"] = 2.0  # with num_beams 1: GenerationConfig refuses to save it, mid-run
-    result = run([sys.executable, str(SEQ2SEQ), "--config", str(write_recipe(tmp_path, tiny_t5))])
+    result = recipe_here(SEQ2SEQ, "--config", str(write_recipe(tmp_path, tiny_t5)))
     assert_refused(result, "seq2seq generation settings: `length_penalty`", "(the keys are under seq2seq:)")
     assert not Path(tiny_t5["training"]["output_dir"]).exists()
 
 
-def test_a_missing_language_in_wmt_style_rows_names_the_columns(tiny_t5, tmp_path):
+def test_a_missing_language_in_wmt_style_rows_names_the_columns(tiny_t5, tmp_path, recipe_here):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"translation": {"en": f"file {i}", "de": f"Datei {i}"}}) + "\n" for i in range(20)))
     tiny_t5["data"]["sources"] = [{"files": str(data), "source_column": "translation.en",
                                    "target_column": "translation.fr"}]
-    result = run([sys.executable, str(SEQ2SEQ), "--config", str(write_recipe(tmp_path, tiny_t5))])
+    result = recipe_here(SEQ2SEQ, "--config", str(write_recipe(tmp_path, tiny_t5)))
     assert_refused(result, "'translation.fr' not in", "translation.de")

@@ -62,8 +62,15 @@ def test_missing_text_column_lists_the_columns(tmp_path):
 
 
 def test_hub_source_uses_load_dataset_and_fails_in_one_line_offline(monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    # The libraries read these variables when first imported; their flags are set as well, or
+    # the call would wait out network timeouts (the Hub is unreachable here) before failing.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(ToolkitError) as err:
         load_source(Source(hub="Salesforce/wikitext", config="wikitext-2-raw-v1", split="train"), 0)
     assert str(err.value).startswith("could not load Hub dataset 'Salesforce/wikitext':")
