@@ -30,6 +30,8 @@ def test_benchmark_ends_with_a_json_line_of_positive_figures():
     assert shape["ratios"]["toolkit_vs_run_clm"] > 0 and shape["ratios"]["toolkit_vs_bare"] > 0
     prep = report["data_prep"]
     assert prep["toolkit_tokens_per_s"] > 0 and prep["run_clm_tokens_per_s"] > 0 and prep["ratio"] > 0
+    assert prep["tokenizer_alone_tokens_per_s"] > 0 and prep["tokenizer_alone_ratio"] > 0
+    assert 0 < prep["toolkit_seconds_in_tokenizer"]
     assert "toolkit / way" in result.stdout  # the table precedes the JSON line
 
 
