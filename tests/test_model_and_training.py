@@ -120,3 +120,58 @@ def test_sampling_leaves_the_training_random_state_alone(tmp_path):
     before = torch.get_rng_state()
     generate_samples(trainer.model, trainer.processing_class, ["x"], max_new_tokens=3, temperature=1.0, top_k=5, seed=0)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_activation_checkpointing_accepts_auto_and_nothing_else(tmp_path):
+    from toolkit.recipe import training_arguments
+
+    auto = load_recipe(None, ["training.activation_checkpointing=auto"], default=DEFAULT)
+    assert "activation_checkpointing" not in training_arguments(auto)  # decided with the model, in training.py
+    with pytest.raises(ToolkitError, match="'training.activation_checkpointing' must be true, false or auto, got 'often'"):
+        load_recipe(None, ["training.activation_checkpointing=often"], default=DEFAULT)
+
+
+def test_auto_checkpointing_is_off_on_this_cpu_and_the_trainer_runs_without_it(tmp_path):
+    trainer = tiny_trainer(tmp_path)  # neither key set: auto
+    assert trainer.args.activation_checkpointing is False
+    trainer.train()
+    assert not trainer.model.is_activation_checkpointing
+    forced = tiny_trainer(tmp_path / "forced", "training.activation_checkpointing=true")
+    assert forced.args.activation_checkpointing is True
+
+
+@pytest.fixture
+def gpu_of(monkeypatch):
+    """Stands in for a CUDA device of a given size: none can be reached from this machine. Only the
+    three calls that the auto decision makes are replaced; the estimate itself runs for real."""
+    from types import SimpleNamespace
+
+    def make(total_bytes):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=total_bytes))
+
+    return make
+
+
+def test_auto_checkpointing_turns_on_when_the_step_would_not_fit_the_gpu(tmp_path, gpu_of, monkeypatch):
+    from toolkit.plan import checkpointing_needed, count_model
+    from toolkit.training import auto_checkpointing
+
+    recipe = load_recipe(None, [f"training.output_dir={tmp_path}", "training.bf16=true"], default=DEFAULT)
+    explicit = load_recipe(None, [f"training.output_dir={tmp_path}", "training.activation_checkpointing=false"],
+                           default=DEFAULT)
+    model = build_model(recipe.model, load_model_config(recipe.model), FakeVocab())
+    _, needed = checkpointing_needed(model.config, recipe, True, 1e12, count_model(model.config, recipe))
+    arguments = {"bf16": True}
+
+    gpu_of(needed)  # the step alone would fill the whole GPU
+    assert auto_checkpointing(recipe, model, arguments) == {"activation_checkpointing": True}
+    gpu_of(2 * needed)
+    assert auto_checkpointing(recipe, model, arguments) == {"activation_checkpointing": False}
+
+    gpu_of(needed)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # sharded: the estimate does not apply; FSDP has its own switch
+    assert auto_checkpointing(recipe, model, arguments) == {"activation_checkpointing": False}
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    assert auto_checkpointing(explicit, model, arguments) == {}  # the user's choice stands

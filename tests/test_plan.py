@@ -150,8 +150,9 @@ def test_smollm2_360m_on_h200_total_flops_follow_the_formula():
 def test_memory_grows_with_eager_attention_and_shrinks_with_checkpointing(key):
     layer, logits = 2048 * 8 * 960 * 34, 8 * 2048 * 49152 * (2 + 4)  # one layer's 16-bit activations; the head's
     plain_loss = "model.fused_cross_entropy=false"
-    base = plan(recipe(*SMOLLM2_360M, plain_loss), gpu="L4")
-    eager = plan(recipe(*SMOLLM2_360M, plain_loss, "model.attn_implementation=eager"), gpu="L4")
+    base = plan(recipe(*SMOLLM2_360M, plain_loss, "training.activation_checkpointing=false"), gpu="L4")
+    eager = plan(recipe(*SMOLLM2_360M, plain_loss, "model.attn_implementation=eager",
+                        "training.activation_checkpointing=false"), gpu="L4")
     checkpointed = plan(recipe(*SMOLLM2_360M, plain_loss, f"training.{key}=true"), gpu="L4")
     assert base["memory"]["activations"] == 32 * layer + logits
     assert eager["memory"]["activations"] == 32 * 2048 * 8 * 960 * (34 + 5 * 15 * 2048 / 960) + logits
@@ -159,6 +160,27 @@ def test_memory_grows_with_eager_attention_and_shrinks_with_checkpointing(key):
     assert checkpointed["memory"]["activations"] == 32 * 2048 * 8 * 960 * 4 + layer + logits
     assert base["fits"] is False and checkpointed["fits"] is True  # on the L4's 24 GB
     assert any("does not fit" in note for note in base["notes"])
+
+
+def test_auto_checkpointing_turns_on_only_where_a_step_would_not_fit():
+    """Neither key set means auto: the L4 (24 GB) needs it for this step, the H200 (141 GB) does not."""
+    plain_loss = "model.fused_cross_entropy=false"
+    on_l4 = plan(recipe(*SMOLLM2_360M, plain_loss), gpu="L4")
+    forced_off = plan(recipe(*SMOLLM2_360M, plain_loss, "training.activation_checkpointing=false"), gpu="L4")
+    on_h200 = plan(recipe(*SMOLLM2_360M, plain_loss), gpu="H200")
+    assert on_l4["activation_checkpointing"] is True and on_l4["activation_checkpointing_setting"] == "auto"
+    assert on_l4["fits"] is True and forced_off["fits"] is False
+    assert on_l4["memory"]["activations"] < forced_off["memory"]["activations"]
+    assert any("activation_checkpointing=auto found" in note for note in on_l4["notes"])
+    assert on_h200["activation_checkpointing"] is False
+    assert on_h200["memory"] == plan(recipe(*SMOLLM2_360M, plain_loss, "training.activation_checkpointing=false"),
+                                     gpu="H200")["memory"]
+    assert re.search(r"activation checkpointing +on \(auto\)", format_plan(on_l4))
+    # A step that does not fit even so: the note leaves out the switch that is already on.
+    huge = plan(recipe(*SMOLLM2_360M, plain_loss, "training.per_device_train_batch_size=256"), gpu="L4")
+    [note] = [n for n in huge["notes"] if "does not fit" in n]
+    assert huge["activation_checkpointing"] is True and "activation_checkpointing=true" not in note
+    assert plan(recipe(*SMOLLM2_360M, plain_loss))["activation_checkpointing"] is False  # a CPU: the host's memory
 
 
 def test_cpu_plan_uses_the_measured_matmul_rate():

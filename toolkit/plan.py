@@ -42,6 +42,10 @@ KNOWN_GPUS: dict[str, dict[str, float]] = {
 # planning figure. The HF Trainer baselines measured there reached 12-27%. On a CPU, the
 # default recipe's model trained at 35-43% of the float32 matmul rate measured beside it.
 ASSUMED_MFU = 0.4
+# activation_checkpointing=auto turns it on when a step's estimate passes this share of the
+# GPU's memory: the estimate leaves out the CUDA context (about 1 GiB), the allocator's
+# fragmentation and temporary buffers.
+AUTO_CHECKPOINTING_SHARE = 0.85
 CHINCHILLA_TOKENS_PER_PARAMETER = 20  # Hoffmann et al. 2022, compute-optimal training
 
 
@@ -69,7 +73,10 @@ def plan(recipe: Recipe, gpu: str | None = None, num_processes: int = 1) -> dict
     total_flops = flops_per_token * tokens if tokens is not None else None
 
     half = _half_precision(recipe, device is not None)
-    memory = memory_estimate(config, counts, recipe, T, batch, half)
+    setting = checkpointing_setting(recipe)
+    checkpointing = bool(setting) if setting != "auto" else (
+        device is not None and checkpointing_needed(config, recipe, half, device[1]["memory"], counts)[0])
+    memory = memory_estimate(config, counts, recipe, T, batch, half, checkpointing)
     if device is not None:
         name, spec = device
         peak = spec["peak_flops"] * num_processes
@@ -105,6 +112,8 @@ def plan(recipe: Recipe, gpu: str | None = None, num_processes: int = 1) -> dict
             round(math.sqrt(total_flops / (6 * CHINCHILLA_TOKENS_PER_PARAMETER))) if total_flops else None
         ),
         "precision": "bf16" if half else "fp32",
+        "activation_checkpointing": checkpointing,
+        "activation_checkpointing_setting": setting,
         "memory": memory,
         "device": name,
         "gpu_memory": spec["memory"] if spec else None,
@@ -252,7 +261,8 @@ def _quantizable_parameters(model) -> int:
 # --------------------------------------------------------------------------- memory
 
 
-def memory_estimate(config, counts: dict[str, int], recipe: Recipe, T: int, batch: int, half: bool) -> dict[str, int]:
+def memory_estimate(config, counts: dict[str, int], recipe: Recipe, T: int, batch: int, half: bool,
+                    checkpointing: bool) -> dict[str, int]:
     """Bytes per device at the peak of a training step, split by what holds them.
 
     The toolkit builds models in float32 and autocasts: the fp32 weights are the master
@@ -269,13 +279,13 @@ def memory_estimate(config, counts: dict[str, int], recipe: Recipe, T: int, batc
         "weights": 4 * plain + quantized // 2 + (2 * plain if half else 0),
         "gradients": 4 * trainable,
         "optimizer": 8 * trainable,
-        "activations": activation_bytes(config, recipe, T, batch, half),
+        "activations": activation_bytes(config, recipe, T, batch, half, checkpointing),
     }
     parts["total"] = sum(parts.values())
     return parts
 
 
-def activation_bytes(config, recipe: Recipe, T: int, B: int, half: bool) -> int:
+def activation_bytes(config, recipe: Recipe, T: int, B: int, half: bool, checkpointing: bool) -> int:
     """Activations kept for the backward pass of one micro-batch of B rows of T tokens.
 
     Per transformer layer, Korthikanti et al. 2022 (no tensor parallelism, no recomputation):
@@ -293,7 +303,7 @@ def activation_bytes(config, recipe: Recipe, T: int, B: int, half: bool) -> int:
     per_value = 2 if half else 4
     factor = 34 + (5 * a * T / d if recipe.model.attn_implementation == "eager" else 0)
     per_layer = T * B * d * factor * per_value / 2
-    if _checkpointing(recipe):
+    if checkpointing:
         layers = L * T * B * d * 4 + per_layer
     else:
         layers = L * per_layer
@@ -314,10 +324,26 @@ def _fused_loss(recipe: Recipe, config) -> bool:
             and not recipe.training.get("label_smoothing_factor") and "lm_head" not in targets)
 
 
-def _checkpointing(recipe: Recipe) -> bool:
-    """activation_checkpointing, or its older name gradient_checkpointing (read when the new one is unset)."""
-    value = _training_value(recipe, "activation_checkpointing")
-    return bool(value if value is not None else _training_value(recipe, "gradient_checkpointing"))
+def checkpointing_setting(recipe: Recipe) -> bool | str:
+    """training.activation_checkpointing (or its old name gradient_checkpointing): true, false, or
+    auto, which is also what neither key set means."""
+    value = recipe.training.get("activation_checkpointing")
+    if value is None:
+        value = recipe.training.get("gradient_checkpointing")
+    return "auto" if value is None else value
+
+
+def checkpointing_needed(config, recipe: Recipe, half: bool, device_memory: float,
+                         counts: dict[str, int] | None = None) -> tuple[bool, int]:
+    """What `auto` decides: recompute activations only when a step without it would not fit.
+
+    Returns the decision and the step's estimated bytes without checkpointing. Recomputing
+    costs about a third more compute per step, so it is worth it only where memory forces it.
+    """
+    counts = counts or count_model(config, recipe)
+    T, batch = sequence_length(recipe)[0], _training_value(recipe, "per_device_train_batch_size")
+    needed = memory_estimate(config, counts, recipe, T, batch, half, checkpointing=False)["total"]
+    return needed > AUTO_CHECKPOINTING_SHARE * device_memory, needed
 
 
 # --------------------------------------------------------------------------- compute
@@ -366,9 +392,13 @@ def _notes(result: dict, recipe: Recipe, config) -> list[str]:
     optim = getattr(optim, "value", optim)  # TrainingArguments' default is an enum member
     if "adam" not in optim or "8bit" in optim:
         notes.append(f"optimizer memory assumes AdamW's two fp32 states; training.optim={optim} may differ")
+    if result["activation_checkpointing"] and result["activation_checkpointing_setting"] == "auto":
+        notes.append(f"activation checkpointing: on, because training.activation_checkpointing=auto found that"
+                     f" a step without it would pass {AUTO_CHECKPOINTING_SHARE:.0%} of the {result['device']}'s memory")
     if result["fits"] is False:
+        fixes = "" if result["activation_checkpointing"] else ", set training.activation_checkpointing=true"
         notes.append("does not fit: lower per_device_train_batch_size (raise gradient_accumulation_steps to keep"
-                     " the tokens per step), set training.activation_checkpointing=true, or use LoRA")
+                     f" the tokens per step){fixes}, or use LoRA")
     if result["gpu_memory"] is not None:
         notes.append(f"time assumes {result['mfu']:.0%} MFU; a plain HF Trainer has measured 12-27% on an H200,"
                      " so allow up to 3x; memory leaves out the CUDA context (about 1 GiB)")
@@ -422,6 +452,8 @@ def format_plan(result: dict) -> str:
         ("  gradients", _gib(memory["gradients"])),
         ("  optimizer (AdamW)", _gib(memory["optimizer"])),
         ("  activations", _gib(memory["activations"])),
+        ("activation checkpointing", ("on" if result["activation_checkpointing"] else "off")
+                                     + (" (auto)" if result["activation_checkpointing_setting"] == "auto" else "")),
         ("device", _device(result)),
         ("time per step", _duration(result["time_per_step_s"])),
         ("time", _duration(result["time_s"]) if result["time_s"] is not None else "-"),

@@ -436,6 +436,12 @@ def _build_training(value, origins: _OriginMap) -> dict[str, Any]:
         if key == "optim" and item in EXTRA_OPTIMIZERS:
             out[key] = item
             continue
+        if key == "activation_checkpointing" and isinstance(item, str):
+            if item != "auto":
+                raise ToolkitError(f"{origins(('training', key))}: 'training.activation_checkpointing' must be true,"
+                                   f" false or auto, got {item!r}")
+            out[key] = item
+            continue
         out[key] = _check(item, hints[key], ("training", key), origins)
     return out
 
@@ -650,6 +656,8 @@ def training_arguments(recipe: Recipe) -> dict[str, Any]:
     args.pop("hub_token", None)
     if args.get("optim") in EXTRA_OPTIMIZERS:
         args["optim"] = "adamw_torch"  # a placeholder: the Trainer gets the optimizer class itself
+    if args.get("activation_checkpointing") == "auto":
+        del args["activation_checkpointing"]  # decided once the model and the GPU are known (training.py)
     if "bf16" not in args and "fp16" not in args:
         args["bf16"] = bf16_supported()
     if not has_accelerator():

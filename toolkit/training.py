@@ -156,10 +156,40 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
         processing_class=tokenizer,
         compute_metrics=compute_perplexity,
         preprocess_logits_for_metrics=token_nll,
-        **_common(recipe, TrainingArguments),
+        **_common(recipe, TrainingArguments, model=model),
     ))
     trainer.fused_loss = fused_loss(recipe, trainer)
     return trainer
+
+
+def auto_checkpointing(recipe: Recipe, model, arguments: dict) -> dict:
+    """training.activation_checkpointing=auto (the default) made true or false for this model and GPU.
+
+    On only when the plan's estimate of a step without it would not fit the GPU (toolkit/plan.py).
+    Off on a CPU, whose memory is the host's, and under FSDP or DeepSpeed, where each GPU holds
+    a shard the estimate does not model; FSDP has its own switch in the accelerate config
+    (fsdp_activation_checkpointing). Decided before the Trainer exists: DDP's wrapping depends on it.
+    """
+    import copy
+
+    from accelerate.utils import parse_flag_from_env
+
+    from toolkit.plan import checkpointing_needed, checkpointing_setting
+
+    if checkpointing_setting(recipe) != "auto":
+        return {}
+    sharded = (parse_flag_from_env("ACCELERATE_USE_FSDP") or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+               or arguments.get("fsdp") or arguments.get("deepspeed"))
+    if sharded or not torch.cuda.is_available():
+        return {"activation_checkpointing": False}
+    config = copy.deepcopy(model.config)
+    config.__dict__.pop("quantization_config", None)  # counted as QLoRA from the recipe, not quantized again
+    memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    on, needed = checkpointing_needed(config, recipe, bool(arguments.get("bf16") or arguments.get("fp16")), memory)
+    if on:
+        logger.info("activation checkpointing on (training.activation_checkpointing=auto): a step without it needs"
+                    " about %.1f GiB of this GPU's %.1f GiB", needed / 2**30, memory / 2**30)
+    return {"activation_checkpointing": on}
 
 
 def fused_loss(recipe: Recipe, trainer) -> FusedCausalLMLoss | None:
@@ -239,9 +269,16 @@ def build_seq2seq_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_
     return trainer
 
 
-def _common(recipe: Recipe, arguments_class, **extra) -> dict:
-    """Trainer keywords every recipe shares: arguments, optimizer, callbacks."""
-    args = arguments_class(**training_arguments(recipe), **extra)
+def _common(recipe: Recipe, arguments_class, model=None, **extra) -> dict:
+    """Trainer keywords every recipe shares: arguments, optimizer, callbacks.
+
+    With the `model` of a causal LM, activation_checkpointing=auto is decided for it; the
+    other tasks leave auto off.
+    """
+    arguments = training_arguments(recipe)
+    if model is not None:
+        arguments.update(auto_checkpointing(recipe, model, arguments))
+    args = arguments_class(**arguments, **extra)
     optimizer = None
     if recipe.training.get("optim") == "adam":
         optimizer = (torch.optim.Adam, {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon})
