@@ -99,6 +99,11 @@ def test_plan_prints_the_budget(recipe_file, toolkit_here):
     result = toolkit_here("plan", str(recipe_file), "--gpu", "h200")
     assert result.returncode == 0, result.stderr
     assert "FLOPs" in result.stdout and "parameters" in result.stdout.lower()
+    # Overrides after the options count too (argparse alone would stop the list at --gpu).
+    small = toolkit_here("plan", str(recipe_file), "--gpu", "h200", "data.block_size=32")
+    assert small.returncode == 0 and "32 (data.block_size)" in small.stdout, small.stderr
+    bogus = toolkit_here("plan", str(recipe_file), "--gpu", "h200", "--bogus")
+    assert bogus.returncode == 2 and "unrecognized arguments: --bogus" in bogus.stderr
 
 
 def test_report_generate_and_push_on_a_finished_run(recipe_file, tmp_path, toolkit_here):

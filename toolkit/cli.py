@@ -154,7 +154,14 @@ COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "generate": cmd_generate
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    # argparse ends a positional list at the first option, so the overrides in
+    # `toolkit plan r.yaml --gpu H200 data.block_size=512` would come back unrecognized.
+    args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if rest and hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in rest):
+        args.overrides += rest
+    elif rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     COMMANDS[args.command](args)
 
 
