@@ -57,28 +57,23 @@ def run(args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict 
 
 
 @pytest.fixture
-def recipe_here(capsys, monkeypatch):
-    """A recipe script's `main` in this process, for refusals that end before any work: the
-    interpreter start (seconds on 2 cores) is skipped. Each recipe keeps a subprocess test of
-    its own, and the console contract (exit status, one line, no traceback) is the same code."""
+def main_here(capsys, monkeypatch):
+    """A command's `main(argv)` in this process, for checks that end before any work: the
+    interpreter start (seconds on 2 cores) is skipped. The console contract (exit status, one
+    line, no traceback) is the same code; each command keeps a real-subprocess test as well."""
     import atexit
-    import importlib.util
     import logging
     from types import SimpleNamespace
 
-    def call(script: Path, *args: str) -> SimpleNamespace:
-        monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts the checkout first on the path
+    def call(main, *args: str) -> SimpleNamespace:
         # A fresh console handler on this test's captured stdout, not an earlier test's closed one.
         monkeypatch.setattr(logging.getLogger("toolkit"), "handlers", [])
-        spec = importlib.util.spec_from_file_location(f"recipe_{script.stem}", script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
         # What the toolkit leaves for the process's exit (the output folder's lock) runs when main ends.
         at_exit, register = [], atexit.register
         monkeypatch.setattr(atexit, "register", lambda f, *a: at_exit.append((f, a)) if getattr(
             f, "__module__", "").startswith("toolkit") else register(f, *a))
         try:
-            module.main(list(args))
+            main(list(args))
             code = 0
         except SystemExit as exit_:
             code = exit_.code
@@ -88,6 +83,21 @@ def recipe_here(capsys, monkeypatch):
                 f(*a)
         out = capsys.readouterr()
         return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return call
+
+
+@pytest.fixture
+def recipe_here(main_here, monkeypatch):
+    """A recipe script (recipes/*.py) run by `main_here`."""
+    import importlib.util
+
+    def call(script: Path, *args: str):
+        monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts the checkout first on the path
+        spec = importlib.util.spec_from_file_location(f"recipe_{script.stem}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return main_here(module.main, *args)
 
     return call
 

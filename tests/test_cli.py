@@ -19,23 +19,12 @@ def toolkit(*args, **kwargs):
 
 
 @pytest.fixture
-def toolkit_here(capsys):
-    """The same command in this process: no interpreter start (seconds each on 2 cores) for checks
-    that end before any work; one subprocess test above covers the console script itself."""
-    from types import SimpleNamespace
-
+def toolkit_here(main_here):
+    """The same command in this process (conftest's main_here); one subprocess test above covers
+    the console script itself."""
     from toolkit.cli import main
 
-    def call(*args):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-
-    return call
+    return lambda *args: main_here(main, *args)
 
 
 @pytest.fixture
