@@ -233,9 +233,11 @@ def samples(stats: dict):
     """A draw function for run.py: the first held-out sources, generated from, beside their references."""
 
     def draw(trainer, recipe: Recipe) -> list[dict]:
+        from toolkit.training import is_sharded
+
         pairs = stats.get("samples", [])
         outputs = translate(trainer.model, trainer.processing_class, recipe.seq2seq, [p["source"] for p in pairs],
-                            synced_gpus=trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
+                            synced_gpus=is_sharded(trainer))
         return [{"prompt": p["source"], "completion": out, "reference": p["target"]} for p, out in zip(pairs, outputs)]
 
     return draw

@@ -192,6 +192,11 @@ def auto_checkpointing(recipe: Recipe, model, arguments: dict) -> dict:
     return {"activation_checkpointing": on}
 
 
+def is_sharded(trainer) -> bool:
+    """Whether each process holds only a shard of the weights (FSDP, DeepSpeed)."""
+    return trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+
+
 def fused_loss(recipe: Recipe, trainer) -> FusedCausalLMLoss | None:
     """model.fused_cross_entropy decided: true (checked to be exact), false, or auto (by vocabulary size).
 
@@ -203,7 +208,7 @@ def fused_loss(recipe: Recipe, trainer) -> FusedCausalLMLoss | None:
     if not fused_loss_wanted(setting, head.weight.shape[0] if head is not None else 0):
         return None
     try:
-        if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # the weight is sharded again before the loss
+        if is_sharded(trainer):  # the weight is sharded again before the loss
             raise ToolkitError("model.fused_cross_entropy=true does not work with FSDP or DeepSpeed yet")
         if hasattr(head, "lora_A") or hasattr(head, "base_layer"):  # the loss would read the frozen base weight only
             raise ToolkitError("model.fused_cross_entropy=true cannot train a LoRA adapter on the output layer;"
@@ -245,7 +250,7 @@ def build_seq2seq_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_
                 prompts = [row[: int((lab != IGNORE).int().argmax())].tolist()
                            for row, lab in zip(inputs["input_ids"], labels)]
                 generated = continue_prompts(self.accelerator.unwrap_model(model), prompts, tokenizer.pad_token_id,
-                                             synced_gpus=self.is_fsdp_enabled or self.is_deepspeed_enabled)
+                                             synced_gpus=is_sharded(self))
             return loss, generated, labels
 
     # Decoder-only rows (prompt, target) are padded on the right whatever the tokenizer's side:
