@@ -28,7 +28,7 @@ BETWEEN_TOLERANCE = 0.05  # relative: two bf16 runs of the same recipe
 def rescore(out: Path) -> float:
     """Held-out perplexity of the model saved in `out`, reloaded from disk (run in a fresh process)."""
     sys.path.insert(0, str(ROOT))
-    from toolkit.rescore import rescore_run
+    from toolkit.tasks import rescore_run
 
     return rescore_run(out)["eval_perplexity"]
 

@@ -52,7 +52,7 @@ from toolkit.modeling import load_model_config  # noqa: E402
 from toolkit.plan import flops_per_token, gpu_in_device_name, measure_cpu_flops  # noqa: E402
 from toolkit.recipe import Model, Tokenizer, load_recipe  # noqa: E402
 from toolkit.tokenizer import train_bpe  # noqa: E402
-from toolkit.training import build_trainer  # noqa: E402
+from toolkit.tasks.causal_lm.trainer import build_trainer  # noqa: E402
 
 DEFAULT_RECIPE = ROOT / "recipes" / "pretrain" / "default.yaml"
 WAYS = ("toolkit", "run_clm", "bare")

@@ -22,6 +22,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 from toolkit import metrics, scoring  # noqa: E402
 from toolkit.console import summary  # noqa: E402
 from toolkit.errors import ToolkitError, exit_on_user_error  # noqa: E402
+from toolkit.tasks import rescore_run  # noqa: E402
 
 
 class Arguments(argparse.ArgumentParser):
@@ -69,8 +70,6 @@ def score_texts(args) -> dict:
 
 
 def score_run(args) -> dict:
-    from toolkit.rescore import rescore_run
-
     if Path(args.output_dir).expanduser().resolve() == Path(args.run).expanduser().resolve():
         raise ToolkitError("--output_dir is the run's folder, whose eval_results.json holds its own results;"
                            " choose another folder")

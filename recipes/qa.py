@@ -2,11 +2,10 @@
 
     accelerate launch recipes/qa.py [--config RECIPE.yaml] [section.key=value ...]
 
-Recipe, model config, tokenizer, data (windows over long contexts), model, train with exact
-match and F1 before and after, save: each stage lives in `toolkit/` (mostly toolkit/qa.py).
+Recipe, tokenizer, data (windows over long contexts), model, train with exact match and F1
+before and after, save: the stages of the qa task (toolkit/tasks/qa/), walked in order.
 """
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -14,51 +13,35 @@ from pathlib import Path
 # and recipes/evaluate.py cannot shadow the `evaluate` library.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from toolkit.errors import ToolkitError, exit_on_user_error  # noqa: E402
-from toolkit.modeling import check_block_size, load_model_config, locate_pretrained  # noqa: E402
-from toolkit.qa import (  # noqa: E402
-    answers, build_qa_model, build_qa_trainer, check_qa_model, check_qa_recipe, load_qa_tokenizer, prepare_qa_data,
-    write_predictions,
-)
+from toolkit.errors import exit_on_user_error  # noqa: E402
 from toolkit.run import finish_run, start_run, train_and_evaluate  # noqa: E402
+from toolkit.tasks import TASKS  # noqa: E402
 
 DEFAULT_RECIPE = Path(__file__).parent / "qa" / "default.yaml"
 
 
 @exit_on_user_error
 def main(argv=None):
-    # 1. Recipe, checked in full with the qa section and the data's columns; a finished run is left alone.
-    run = start_run(argv, DEFAULT_RECIPE)
-    recipe = run.recipe
+    # 1. Recipe, checked in full with the qa section, the data's columns and the model (an encoder
+    #    that has a span head, whose positions cover a window); a finished run is left alone.
+    run = start_run(argv, DEFAULT_RECIPE, TASKS, task="qa")
+    recipe, task = run.recipe, run.task
     if run.finished:
         return
-    check_qa_recipe(recipe)
+    task.check(recipe)
 
-    # 2. Model config (an encoder that has a span head) and its tokenizer; windows fit its positions.
-    spec = recipe.model
-    if spec.name_or_path:
-        spec = dataclasses.replace(spec, name_or_path=locate_pretrained(spec.name_or_path))
-    config = load_model_config(spec)
-    check_qa_model(config)
-    check_block_size(config, recipe.qa.max_length, "qa.max_length")
-    tokenizer_name = recipe.tokenizer.name_or_path or spec.name_or_path
-    if not tokenizer_name:
-        raise ToolkitError("a span model reads a pretrained tokenizer: set tokenizer.name_or_path (or model.name_or_path)")
-    tokenizer = load_qa_tokenizer(locate_pretrained(tokenizer_name), recipe.tokenizer.revision)
+    # 2. Tokenizer and data: SQuAD-format examples checked (answer_start), split by context, cut into windows.
+    data = task.prepare_data(recipe, run.state)
 
-    # 3. Data: SQuAD-format examples checked (answer_start), split by context, cut into windows.
-    data = prepare_qa_data(recipe, tokenizer)
+    # 3. Model: pretrained encoder with a new span head (or one built from a config).
+    model = task.build_model(recipe, data)
 
-    # 4. Model: pretrained encoder with a new span head (or one built from a config).
-    model = build_qa_model(spec, config, tokenizer, seed=recipe.training["seed"])
+    # 4. Train, with exact match and F1 on the held-out questions before and after.
+    trainer = task.build_trainer(recipe, model, data)
+    results = train_and_evaluate(trainer, recipe, task, data, run.resume_from)
 
-    # 5. Train, with exact match and F1 on the held-out questions before and after.
-    trainer = build_qa_trainer(recipe, model, tokenizer, data)
-    results = train_and_evaluate(trainer, recipe, run.resume_from, draw=answers)
-
-    # 6. Save the model, tokenizer, every answer, results, plots and card (eval_results.json last).
-    write_predictions(trainer, recipe)
-    finish_run(trainer, recipe, data.stats, results, run.started, draw=answers)
+    # 5. Save the model, tokenizer, every answer, results, plots and card (eval_results.json last).
+    finish_run(trainer, recipe, task, data, results, run.started)
 
 
 if __name__ == "__main__":

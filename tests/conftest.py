@@ -88,6 +88,14 @@ def main_here(capsys, monkeypatch):
 
 
 @pytest.fixture
+def toolkit_here(main_here):
+    """The `toolkit` command in this process (main_here); tests/test_cli.py runs the console script itself too."""
+    from toolkit.cli import main
+
+    return lambda *args: main_here(main, *args)
+
+
+@pytest.fixture
 def recipe_here(main_here, monkeypatch):
     """A recipe script (recipes/*.py) run by `main_here`."""
     import importlib.util

@@ -19,15 +19,6 @@ def toolkit(*args, **kwargs):
 
 
 @pytest.fixture
-def toolkit_here(main_here):
-    """The same command in this process (conftest's main_here); one subprocess test above covers
-    the console script itself."""
-    from toolkit.cli import main
-
-    return lambda *args: main_here(main, *args)
-
-
-@pytest.fixture
 def recipe_file(tmp_path):
     recipe = copy.deepcopy(TINY_RECIPE)
     recipe["training"]["output_dir"] = str(tmp_path / "out")
@@ -64,7 +55,7 @@ def test_validate_with_data_catches_a_dataset_cleaned_away(tmp_path, toolkit_her
     recipe["training"]["output_dir"] = str(tmp_path / "out")
     recipe["data"]["cache_dir"] = str(tmp_path / "cache")
     good = toolkit_here("validate", str(write_recipe(tmp_path, recipe)), "--data")
-    assert good.returncode == 0 and "held-out documents after cleaning" in good.stdout
+    assert good.returncode == 0 and "held-out examples after cleaning" in good.stdout
     recipe["data"]["cleaning"] = {"min_chars": 10_000_000}
     assert_refused(toolkit_here("validate", str(write_recipe(tmp_path, recipe)), "--data"), "dataset empty after cleaning")
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

@@ -60,7 +60,7 @@ def _train(tmp_path, fused, compile_backend=None):
     from tokenizers import Tokenizer, models
 
     from toolkit.recipe import Model, Recipe
-    from toolkit.training import build_trainer
+    from toolkit.tasks.causal_lm.trainer import build_trainer
 
     raw = Tokenizer(models.WordLevel({f"t{i}": i for i in range(300)}, unk_token="t0"))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="t0", eos_token="t1")
@@ -152,7 +152,7 @@ def _trainer(setting, vocab=300, lora_targets=None, **training):
 
     from toolkit.modeling import apply_lora
     from toolkit.recipe import Lora, Model, Recipe
-    from toolkit.training import build_trainer
+    from toolkit.tasks.causal_lm.trainer import build_trainer
 
     raw = Tokenizer(models.WordLevel({"t0": 0, "t1": 1}, unk_token="t0"))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="t0", eos_token="t1")

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 from toolkit.errors import ToolkitError
 from toolkit.modeling import build_model, check_block_size, load_model_config
 from toolkit.recipe import Model, load_recipe
-from toolkit.training import build_trainer
+from toolkit.tasks.causal_lm.trainer import build_trainer
 
 DEFAULT = ROOT / "recipes" / "pretrain" / "default.yaml"
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -155,14 +155,14 @@ def gpu_of(monkeypatch):
 
 
 def test_auto_checkpointing_turns_on_when_the_step_would_not_fit_the_gpu(tmp_path, gpu_of, monkeypatch):
-    from toolkit.plan import checkpointing_needed, count_model
+    from toolkit.budget import checkpointing_needed, meta_causal_lm
     from toolkit.training import auto_checkpointing
 
     recipe = load_recipe(None, [f"training.output_dir={tmp_path}", "training.bf16=true"], default=DEFAULT)
     explicit = load_recipe(None, [f"training.output_dir={tmp_path}", "training.activation_checkpointing=false"],
                            default=DEFAULT)
     model = build_model(recipe.model, load_model_config(recipe.model), FakeVocab())
-    _, needed = checkpointing_needed(model.config, recipe, True, 1e12, count_model(model.config, recipe))
+    _, needed = checkpointing_needed(meta_causal_lm(model.config), recipe, recipe.data.row_length, True, 1e12)
     arguments = {"bf16": True}
 
     gpu_of(needed)  # the step alone would fill the whole GPU

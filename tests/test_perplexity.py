@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
 from toolkit.data.packing import CausalCollator
 from toolkit.evaluation import compute_perplexity, perplexity_from_sums, token_nll
-from toolkit.training import CausalLMTrainer
+from toolkit.tasks.causal_lm.trainer import CausalLMTrainer
 
 PAD = 0
 

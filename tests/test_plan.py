@@ -9,8 +9,9 @@ import yaml
 from tests.conftest import ROOT
 from toolkit.errors import ToolkitError
 from toolkit.modeling import build_model, load_model_config
-from toolkit.plan import ASSUMED_MFU, KNOWN_GPUS, find_gpu, format_plan, plan
-from toolkit.recipe import load_recipe
+from toolkit import plan as planning
+from toolkit.plan import ASSUMED_MFU, KNOWN_GPUS, find_gpu, format_plan
+from toolkit.tasks import TASKS, load_recipe
 
 DEFAULT = ROOT / "recipes" / "pretrain" / "default.yaml"
 FINETUNE = ROOT / "recipes" / "finetune" / "default.yaml"
@@ -30,6 +31,11 @@ SMOLLM2_360M = ["model.config.hidden_size=960", "model.config.num_hidden_layers=
 
 def recipe(*overrides, default=DEFAULT):
     return load_recipe(None, list(overrides), default=default)
+
+
+def plan(recipe, **kwargs):
+    """The plan of a recipe, through its task (as `toolkit plan` makes it)."""
+    return planning.plan(recipe, TASKS[recipe.task], **kwargs)
 
 
 class Vocab:
@@ -190,11 +196,11 @@ def test_cpu_plan_uses_the_measured_matmul_rate():
     assert result["time_s"] == pytest.approx(result["total_flops"] / (result["peak_flops"] * ASSUMED_MFU))
 
 
-def test_pretrained_model_must_be_a_local_folder(tmp_path):
+def test_pretrained_model_must_be_on_this_machine(tmp_path):
     from transformers import LlamaConfig
 
-    with pytest.raises(ToolkitError, match="plan needs a local model folder or a from-config recipe"):
-        plan(recipe(default=FINETUNE), gpu="A10G")  # a package: GGUF path, not a folder
+    with pytest.raises(ToolkitError, match="is not on this machine; plan downloads nothing"):
+        plan(recipe("model.name_or_path=someone/some-model", default=FINETUNE), gpu="A10G")  # a Hub id
     LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                 num_key_value_heads=2).save_pretrained(tmp_path)
     result = plan(recipe(f"model.name_or_path={tmp_path}", default=FINETUNE), gpu="a10g")

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from tests.conftest import ROOT
-from toolkit.data.prepare import cache_path, prepare_pretraining_data
+from toolkit.data.prepare import cache_path
+from toolkit.tasks.causal_lm.data import prepare_pretraining_data
 from toolkit.recipe import load_recipe
 
 DEFAULT = ROOT / "recipes" / "pretrain" / "default.yaml"
@@ -54,12 +55,12 @@ def test_second_preparation_comes_from_the_cache_and_changes_invalidate_it(tmp_p
     assert first.stats["from_cache"] is False and second.stats["from_cache"] is True
     assert second.train["input_ids"] == first.train["input_ids"]
     assert second.tokenizer("grammar syntax")["input_ids"] == first.tokenizer("grammar syntax")["input_ids"]
-    assert cache_path(recipe_for(tmp_path, f"data.sources=[{{files: '{train}'}}]", "data.block_size=16")) != cache_path(recipe)
+    assert cache_path(recipe_for(tmp_path, f"data.sources=[{{files: '{train}'}}]", "data.block_size=16"), "pretraining") != cache_path(recipe, "pretraining")
     # Editing the file changes its stamp, so the cache is not reused.
-    key = cache_path(recipe)
+    key = cache_path(recipe, "pretraining")
     with open(train, "a") as f:
         f.write('\n{"text": "one more document, long enough to keep."}')
-    assert cache_path(recipe) != key
+    assert cache_path(recipe, "pretraining") != key
 
 
 def test_pretrained_model_embeddings_grow_to_the_tokenizer(tmp_path):

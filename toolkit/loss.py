@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from toolkit.data.tasks import IGNORE
 from toolkit.errors import ToolkitError
 
 CHUNK_ELEMENTS = 1 << 25  # logits entries per chunk: 128 MB in float32, whatever the vocabulary
@@ -28,6 +27,8 @@ CHUNK_ELEMENTS = 1 << 25  # logits entries per chunk: 128 MB in float32, whateve
 # 4.02 s a step); at 8,192 tokens, 378 MB against 431 MB. Below 32k the logits are no
 # longer the largest tensor of a step, and the plain loss is kept.
 FUSED_LOSS_MIN_VOCAB = 32_000
+
+IGNORE = -100  # the label of a position that carries no loss (prompt, padding, a packed row's seams)
 
 
 def fused_loss_wanted(setting: bool | str, vocab_size: int) -> bool:

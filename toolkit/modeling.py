@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -12,6 +13,8 @@ import shutil
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import Lora, Model
@@ -23,13 +26,16 @@ _POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length
 
 
 def load_model_config(spec: Model):
-    """The model config with the recipe's overrides applied; cheap, done before any data work."""
-    from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    """The model config with the recipe's overrides applied; cheap, done before any data work.
 
+    Any model.name_or_path: a folder, a Hub id, a `package:` path or a .gguf file (its
+    metadata only: nothing is converted)."""
     if spec.name_or_path:
+        name = locate_pretrained(spec.name_or_path)
+        path = Path(name)
+        where = {"gguf_file": path.name} if name.endswith(".gguf") else {}
         try:
-            config = AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision)
+            config = AutoConfig.from_pretrained(str(path.parent) if where else name, revision=spec.revision, **where)
         except (OSError, ValueError) as err:
             raise ToolkitError(f"could not load model {spec.name_or_path!r}: {first_line(err)} (check model.name_or_path)") from None
     else:
@@ -46,12 +52,44 @@ def load_model_config(spec: Model):
             hint = f"; did you mean 'model.config.{close[0]}'?" if close else ""
             raise ToolkitError(f"unknown key 'model.config.{key}' for a {config.model_type} config{hint}")
     if spec.name_or_path:
+        base = copy.deepcopy(config)
         for key, value in spec.config.items():  # a pretrained config already holds its derived values
             setattr(config, key, value)
+        _check_shapes_kept(base, config, spec)
     else:
         # Built anew so that derived values follow (Llama's head_dim = hidden_size / heads).
         config = AutoConfig.for_model(spec.model_type, **spec.config)
     return config
+
+
+def _check_shapes_kept(base, config, spec: Model) -> None:
+    """Overrides of a pretrained config may change settings (dropout, rope scaling), not the weights' shapes:
+    the weights would not load. Compared on the meta device: shapes only, no memory."""
+    changed = [k for k, v in spec.config.items() if getattr(base, k, None) != v]
+    if not changed:
+        return
+    try:
+        with torch.device("meta"):
+            before, after = (AutoModel.from_config(c).state_dict() for c in (base, config))
+    except (ValueError, TypeError):
+        return  # a family AutoModel cannot build: the load itself will say what is wrong
+    moved = [(k, tuple(before[k].shape), tuple(after[k].shape) if k in after else None) for k in before
+             if k not in after or before[k].shape != after[k].shape]
+    if moved or set(after) - set(before):
+        name, old, new = moved[0] if moved else (next(iter(set(after) - set(before))), None, None)
+        keys = ", ".join(f"model.config.{k}={spec.config[k]}" for k in changed)
+        raise ToolkitError(f"{keys} changes the shape of the pretrained weights of {spec.name_or_path}"
+                           f" ({name}: {old} -> {new}); a pretrained model keeps its shapes: remove those"
+                           " model.config keys (settings such as dropout may stay), e.g. model.config={}")
+
+
+def local_model_config(spec: Model):
+    """The config of a model that is on this machine (folder, package: path, .gguf file); a Hub id
+    is refused, for commands that download nothing (toolkit plan)."""
+    if not Path(locate_pretrained(spec.name_or_path)).exists():
+        raise ToolkitError(f"model.name_or_path={spec.name_or_path!r} is not on this machine; plan downloads nothing:"
+                           " point it at a local folder, a package: path or a .gguf file")
+    return load_model_config(spec)
 
 
 def max_positions(config) -> tuple[int, str] | tuple[None, None]:

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import yaml
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import TrainerCallback
 
 from toolkit.errors import ToolkitError, first_line
@@ -44,7 +45,7 @@ def plot_training(folder: Path) -> Path | None:
     state = read_json(folder, "trainer_state.json")
     if not state or not state.get("log_history"):
         return None
-    import matplotlib
+    import matplotlib  # deferred: a second of import time, needed only once a run is done
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
@@ -84,10 +85,9 @@ def plot_training(folder: Path) -> Path | None:
 # --------------------------------------------------------------------------- model card
 
 
-def write_model_card(folder: Path) -> Path:
-    """README.md in the Hub's format: metadata (with model-index) and a description of the run."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
+def write_model_card(folder: Path, task) -> Path:
+    """README.md in the Hub's format: metadata (with model-index) and a description of the run.
+    `task`: the run's Task, which names its pipeline tag, model-index task and metrics."""
     folder = check_run_dir(folder)
     recipe = yaml.safe_load((folder / RECIPE_FILE).read_text())
     results = read_json(folder, FINAL_FILE) or {}
@@ -102,23 +102,15 @@ def write_model_card(folder: Path) -> Path:
     name = (hub.get("model_id") or folder.name).split("/")[-1]
     hub_datasets = [s["hub"] for s in recipe["data"]["sources"] if s.get("hub")]
 
-    eval_results = []
-    if "eval_perplexity" in results:
-        dataset_name = ", ".join(_source_name(s) for s in recipe["data"]["sources"]) + " (held-out split)"
-        eval_results.append(EvalResult(
-            task_type="text-generation", task_name="Causal language modeling",
-            dataset_type=hub_datasets[0] if hub_datasets else "held-out", dataset_name=dataset_name,
-            metric_type="perplexity", metric_name="Perplexity", metric_value=round(results["eval_perplexity"], 4),
-        ))
-    task = _task(recipe)
-    for key, (metric_type, metric_name) in TASK_METRICS.items():
-        if f"eval_{key}" in results:
-            eval_results.append(EvalResult(
-                task_type=task[0], task_name=task[1], dataset_type=hub_datasets[0] if hub_datasets else "held-out",
-                dataset_name=", ".join(_source_name(s) for s in recipe["data"]["sources"]) + " (held-out split)",
-                metric_type=metric_type, metric_name=metric_name, metric_value=round(results[f"eval_{key}"], 4),
-            ))
-    tags = ["toolkit", task[0], "fine-tuned" if fine_tuned else "pretrained-from-scratch"]
+    pipeline_tag, task_type, task_name = task.card(recipe, stats)
+    dataset_name = ", ".join(_source_name(s) for s in recipe["data"]["sources"]) + " (held-out split)"
+    eval_results = [
+        EvalResult(task_type=task_type, task_name=task_name, dataset_type=hub_datasets[0] if hub_datasets else "held-out",
+                   dataset_name=dataset_name, metric_type=metric_type, metric_name=metric_name,
+                   metric_value=round(results[f"eval_{key}"], 4))
+        for key, (metric_type, metric_name) in task.metrics.items() if f"eval_{key}" in results
+    ]
+    tags = ["toolkit", task_type, "fine-tuned" if fine_tuned else "pretrained-from-scratch"]
     if lora.get("enabled"):
         tags.append("lora")
     data = ModelCardData(
@@ -129,32 +121,14 @@ def write_model_card(folder: Path) -> Path:
         tags=tags,
         datasets=hub_datasets or None,
         base_model=base if fine_tuned and _looks_like_hub_id(base) else None,
-        # A decoder-only model does the task by continuing a prompt: the Hub's text-generation widget runs it.
-        pipeline_tag="text-generation" if stats.get("architecture") == "decoder-only" else task[0],
+        pipeline_tag=pipeline_tag,
         eval_results=eval_results or None,
     )
-    body = _card_body(name, recipe, results, stats, info, everything, samples, folder)
+    body = _card_body(name, recipe, task, results, stats, info, everything, samples, folder)
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
     path = folder / CARD_FILE
     card.save(path)
     return path
-
-
-# Task scores in eval_results.json: (model-index metric type, name shown).
-TASK_METRICS = {"bleu": ("bleu", "BLEU"), "chrf": ("chrf", "chrF"), "rouge1": ("rouge", "ROUGE-1"),
-                "rouge2": ("rouge", "ROUGE-2"), "rougeL": ("rouge", "ROUGE-L"), "rougeLsum": ("rouge", "ROUGE-Lsum"),
-                "exact_match": ("exact_match", "exact match"), "f1": ("f1", "F1")}
-
-
-def _task(recipe: dict) -> tuple[str, str]:
-    """(pipeline tag, task name) of the run: a causal LM, or the seq2seq or QA task its recipe names."""
-    if recipe.get("qa"):
-        return "question-answering", "Extractive question answering"
-    seq2seq = recipe.get("seq2seq")
-    if seq2seq:
-        kind = seq2seq.get("task", "translation")
-        return kind, "Translation" if kind == "translation" else "Summarization"
-    return "text-generation", "Causal language modeling"
 
 
 def _source_name(source: dict) -> str:
@@ -170,26 +144,21 @@ def _looks_like_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not name.endswith(".gguf") and not Path(name).exists()
 
 
-def _card_body(name, recipe, results, stats, info, everything, samples, folder) -> str:
+def _card_body(name, recipe, task, results, stats, info, everything, samples, folder) -> str:
     model, lora, training = recipe["model"], recipe.get("lora", {}), recipe["training"]
     base = model.get("name_or_path")
     what = (f"fine-tuned from `{base}`" + (" with LoRA" if lora.get("enabled") else "") if base
             else f"a {model.get('model_type')} model trained from scratch")
-    lines = [f"# {name}", "", f"A causal language model, {what}, with toolkit, from one YAML recipe.", ""]
-
-    task = _task(recipe)
-    if task[0] != "text-generation":
-        what = f"a {task[1].lower()} model, {what.removeprefix('a ')}"
-        lines[2] = f"A {task[1].lower()} model ({what.split(', ', 1)[1]}), with toolkit, from one YAML recipe."
-    scored = [k for k in TASK_METRICS if f"eval_{k}" in results]
-    intro = ("Perplexity on the held-out split: exp(total cross-entropy / predicted tokens)." if not scored else
-             "On the held-out split: " + ", ".join(TASK_METRICS[k][1] for k in scored) + " (text generated or"
+    _, _, task_name = task.card(recipe, stats)
+    lines = [f"# {name}", "", f"A model for {task_name.lower()}, {what}, with toolkit, from one YAML recipe.", ""]
+    scored = [k for k in task.metrics if f"eval_{k}" in results]
+    intro = ("Perplexity on the held-out split: exp(total cross-entropy / predicted tokens)." if scored == ["perplexity"]
+             else "On the held-out split: " + ", ".join(task.metrics[k][1] for k in scored) + " (text generated or"
              " extracted by the model, scored by the toolkit's metric modules).")
     lines += ["## Evaluation", "", intro, "", "| | before training | after training |", "|---|---|---|"]
     for key in scored:
-        lines.append(f"| {TASK_METRICS[key][1]} | {_fmt(results.get(f'init_eval_{key}'))} | {_fmt(results[f'eval_{key}'])} |")
+        lines.append(f"| {task.metrics[key][1]} | {_fmt(results.get(f'init_eval_{key}'))} | {_fmt(results[f'eval_{key}'])} |")
     if "eval_perplexity" in results:
-        lines.append(f"| perplexity | {_fmt(results.get('init_eval_perplexity'))} | {_fmt(results['eval_perplexity'])} |")
         lines.append(f"| loss (nats per token) | {_fmt(results.get('init_eval_loss'))} | {_fmt(results.get('eval_loss'))} |")
         lines.append(f"| evaluation tokens | {results.get('init_eval_tokens', '')} | {results.get('eval_tokens', '')} |")
     lines.append("")
@@ -277,8 +246,6 @@ def check_model_id(model_id: str | None) -> str:
 
 def push_folder(folder: Path, model_id: str, private: bool = True, token: str | None = None) -> str:
     """Upload exactly `files_to_push(folder)`; the token comes from the argument, HF_TOKEN or the stored login."""
-    from huggingface_hub import HfApi
-
     check_model_id(model_id)
     api = HfApi(token=token)
     api.create_repo(model_id, private=private, exist_ok=True)

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import logging
 import platform
+import sys
 import time
 from dataclasses import dataclass
 
 import torch
 from transformers import TrainerCallback
 
-from toolkit.console import summary
-from toolkit.evaluation import generate_samples
+from peft import AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM
+
+from toolkit.budget import flops_per_token, gpu_in_device_name
+from toolkit.console import setup_logging, summary
+from toolkit.data.prepare import PreparedData
 from toolkit.modeling import count_parameters
-from toolkit.outputs import FINAL_FILE, read_json, write_json, write_recipe
+from toolkit.outputs import FINAL_FILE, check_output_dir, read_json, write_json, write_recipe
 from toolkit.publish import plot_training, push_run, write_model_card
-from toolkit.recipe import Recipe
+from toolkit.recipe import Recipe, load_recipe, parse_command_line
+from toolkit.task import Task
 from toolkit.throughput import peak_memory_bytes
+from toolkit.training import init_processes
 
 logger = logging.getLogger("toolkit")
 
@@ -24,41 +30,27 @@ logger = logging.getLogger("toolkit")
 @dataclass
 class RunStart:
     recipe: Recipe
+    task: Task
     state: object  # accelerate's PartialState: which process this is
     resume_from: str | None
     finished: bool
     started: float
 
 
-def start_run(argv: list[str] | None, default_recipe) -> RunStart:
-    """What every recipe does first: join the processes, read and check the recipe, look at the output folder."""
-    import sys
-
-    from toolkit.console import setup_logging
-    from toolkit.outputs import check_output_dir
-    from toolkit.recipe import load_recipe, parse_command_line
-    from toolkit.training import init_processes
-
+def start_run(argv: list[str] | None, default_recipe, tasks: dict[str, Task], task: str) -> RunStart:
+    """What every recipe script does first: join the processes, read the recipe (of the script's `task`,
+    from the registry `tasks`), look at the output folder."""
     started = time.time()
     state = init_processes()
     setup_logging(state.is_main_process)
     config, overrides = parse_command_line(sys.argv[1:] if argv is None else argv)
-    recipe = load_recipe(config, overrides, default=default_recipe)
+    recipe = load_recipe(config, overrides, default=default_recipe, tasks=tasks, task=task)
     found = check_output_dir(recipe, lock=state.is_main_process)
-    return RunStart(recipe, state, found.resume_from, found.finished, started)
+    return RunStart(recipe, tasks[task], state, found.resume_from, found.finished, started)
 
 
 INIT_EVAL_FILE = "init_eval_results.json"
-SCORES = ("perplexity", "bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match", "f1")
 SAMPLES_BEFORE_FILE = "samples_before.json"
-
-
-def samples(trainer, recipe: Recipe) -> list[dict]:
-    ev = recipe.evaluation
-    return generate_samples(
-        trainer.model, trainer.processing_class, ev.sample_prompts, ev.max_new_tokens, ev.temperature, ev.top_k,
-        seed=recipe.training.get("seed", 42), chat=recipe.data.format == "chat",
-    )
 
 
 class BeforeTraining(TrainerCallback):
@@ -97,11 +89,9 @@ def _without(seconds: float, train_metrics: dict) -> dict:
     return out
 
 
-def train_and_evaluate(trainer, recipe: Recipe, resume_from: str | None, draw=samples) -> dict:
-    """Scores before training, the training itself (resumed when possible), scores after.
-
-    `draw(trainer, recipe)` gives the samples shown before and after: [{prompt, completion}].
-    """
+def train_and_evaluate(trainer, recipe: Recipe, task: Task, data: PreparedData, resume_from: str | None) -> dict:
+    """Scores before training, the training itself (resumed when possible), scores after;
+    the task's samples (Task.draw) before training too."""
     out = recipe.output_dir
     if trainer.is_world_process_zero():
         write_recipe(recipe)  # first write to the folder: everything before it was checked or prepared
@@ -110,11 +100,12 @@ def train_and_evaluate(trainer, recipe: Recipe, resume_from: str | None, draw=sa
         # On resume the initial figure is read back, not measured on the restored weights.
         results = read_json(out, INIT_EVAL_FILE) if resume_from else None
         if results is None and not resume_from:
-            before = BeforeTraining(trainer, recipe, draw)
+            before = BeforeTraining(trainer, recipe, task.draw(data))
             trainer.add_callback(before)
     train = trainer.train(resume_from_checkpoint=resume_from)
     results = dict(before.metrics if before else results or {})
-    before_scores = {k.removeprefix("init_eval_"): v for k, v in results.items() if k.removeprefix("init_eval_") in SCORES}
+    before_scores = {k.removeprefix("init_eval_"): v for k, v in results.items()
+                     if k.removeprefix("init_eval_") in task.metrics}
     if before_scores:
         logger.info("before training: %s", ", ".join(f"{k} {v:.4g}" for k, v in before_scores.items()))
     results.update(_without(before.seconds if before else 0.0, train.metrics))
@@ -122,11 +113,8 @@ def train_and_evaluate(trainer, recipe: Recipe, resume_from: str | None, draw=sa
     return results
 
 
-def utilisation(trainer, recipe: Recipe, tokens_per_second: float) -> dict:
+def utilisation(trainer, length: int, tokens_per_second: float) -> dict:
     """Achieved model FLOP/s, and MFU against the bf16 peak when the GPU is a known one."""
-    from toolkit.plan import flops_per_token, gpu_in_device_name
-
-    length = recipe.qa.max_length if "qa" in recipe.to_dict() else recipe.data.row_length
     per_token = flops_per_token(trainer.model, length)
     if per_token is None:
         return {}
@@ -138,16 +126,17 @@ def utilisation(trainer, recipe: Recipe, tokens_per_second: float) -> dict:
     return out
 
 
-def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started: float, draw=samples) -> None:
+def finish_run(trainer, recipe: Recipe, task: Task, data: PreparedData, results: dict, started: float) -> None:
     """Save the model and every result; push when asked; print the summary; end the process group."""
     if trainer.is_fsdp_enabled:
         # Checkpoints stay sharded (fast, each process its part); the model itself is one
         # consolidated file that from_pretrained loads on any number of devices.
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model()  # model (safetensors) and tokenizer, loadable with from_pretrained
-    drawn = draw(trainer, recipe)  # on every process: a sharded model generates together
+    drawn = task.draw(data)(trainer, recipe)  # on every process: a sharded model generates together
+    task.finish(trainer, recipe)
     if trainer.is_world_process_zero():
-        _write_results(trainer, recipe, data_stats, results, drawn, started)
+        _write_results(trainer, recipe, task, data.stats, results, drawn, started)
     # The other processes wait for the main one: one that exits while gloo still holds
     # the group open dies with SIGABRT, and the launcher then kills the main process too.
     trainer.accelerator.wait_for_everyone()
@@ -155,7 +144,7 @@ def finish_run(trainer, recipe: Recipe, data_stats: dict, results: dict, started
         torch.distributed.destroy_process_group()
 
 
-def fast_path(trainer, recipe: Recipe) -> dict:
+def fast_path(trainer, recipe: Recipe, data_stats: dict) -> dict:
     """Which speed switches this run had on, decided or defaulted, as the run saw them."""
     args, model = trainer.args, trainer.model
     return {
@@ -166,15 +155,16 @@ def fast_path(trainer, recipe: Recipe) -> dict:
         "liger_kernel": bool(getattr(args, "use_liger_kernel", False)),
         "fused_cross_entropy": getattr(trainer, "fused_loss", None) is not None,
         "activation_checkpointing": bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing),
-        "padding_free_packing": recipe.data.format != "text" and recipe.data.packing,
-        "packed_blocks": recipe.data.format == "text",
+        "padding_free_packing": "train_packing" in data_stats,
+        "packed_blocks": "block_size" in data_stats,
         "pretokenized_cache": not recipe.data.streaming,
         "dataloader_workers": args.dataloader_num_workers,
         "pin_memory": bool(args.dataloader_pin_memory),
     }
 
 
-def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, after: list[dict], started: float) -> None:
+def _write_results(trainer, recipe: Recipe, task: Task, data_stats: dict, results: dict, after: list[dict],
+                   started: float) -> None:
     out = recipe.output_dir
     trainer.save_state()
     before = read_json(out, SAMPLES_BEFORE_FILE) or [{} for _ in after]
@@ -183,8 +173,6 @@ def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, aft
     if recipe.lora.enabled and recipe.lora.merge:
         # From the saved adapter onto a freshly loaded float base: exact even after QLoRA,
         # whose 4-bit layers would re-quantise a merge; trainer.model is left as it is.
-        from peft import AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM
-
         auto = AutoPeftModelForSeq2SeqLM if trainer.model.config.is_encoder_decoder else AutoPeftModelForCausalLM
         merged = auto.from_pretrained(out, dtype=torch.float32).merge_and_unload()
         merged.save_pretrained(out / "merged")
@@ -195,7 +183,7 @@ def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, aft
     if tokens and results.get("train_runtime"):
         results["train_tokens_seen"] = int(tokens)
         results["train_tokens_per_second"] = round(tokens / results["train_runtime"], 1)
-        results.update(utilisation(trainer, recipe, tokens / results["train_runtime"]))
+        results.update(utilisation(trainer, task.sequence_length(recipe)[0], tokens / results["train_runtime"]))
     write_json(out, "all_results.json", results)
     write_json(out, "data_stats.json", data_stats)
     write_json(out, "samples.json", written)
@@ -208,14 +196,14 @@ def _write_results(trainer, recipe: Recipe, data_stats: dict, results: dict, aft
         "platform": platform.platform(),
         "torch": torch.__version__,
         "peak_memory_gib": round((peak_memory_bytes() or 0) / 2**30, 3),  # GPU allocated, or host resident set
-        "fast_path": fast_path(trainer, recipe),
+        "fast_path": fast_path(trainer, recipe, data_stats),
     })
     timings = ("_runtime", "_per_second", "_model_preparation_time")
     write_json(out, FINAL_FILE, {k: v for k, v in results.items() if "eval_" in k and not k.endswith(timings)})
     plot_training(out)
-    write_model_card(out)  # after the adapter's own README, which it replaces
+    write_model_card(out, task)  # after the adapter's own README, which it replaces
     lines = {"model": out.resolve()}
-    for name in SCORES:  # perplexity for language models; BLEU, chrF, ROUGE, EM, F1 for the tasks
+    for name in task.metrics:  # perplexity for language models; BLEU, chrF, ROUGE, EM, F1 for the tasks
         if f"eval_{name}" in results:
             if f"init_eval_{name}" in results:
                 lines[f"{name} before"] = f"{results[f'init_eval_{name}']:.4g}"

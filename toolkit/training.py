@@ -1,20 +1,24 @@
-"""Training with the transformers Trainer: arguments from the recipe, token-weighted evaluation, resume."""
+"""The training core every task's Trainer shares: arguments from the recipe, the safety mixin
+(complete checkpoints, NaN stop), the fused loss, callbacks, and the processes of a run."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 from pathlib import Path
 
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from transformers import EarlyStoppingCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import rotate_checkpoints
 
-from toolkit.data.packing import CausalCollator, FlatteningCollator, PackedRowsCollator
 from toolkit.errors import ToolkitError
-from toolkit.evaluation import compute_perplexity, token_nll
 from toolkit.hardware import has_accelerator
 from toolkit.loss import FusedCausalLMLoss, check_fused_loss_exact, fused_loss_wanted
+from toolkit.budget import checkpointing_needed, checkpointing_setting, meta_causal_lm
 from toolkit.outputs import last_complete_checkpoint, mark_complete
 from toolkit.publish import PushEverySave
 from toolkit.recipe import Recipe, training_arguments
@@ -110,56 +114,9 @@ class FusedLoss:
             self.compute_loss_func = None
 
 
-class CausalLMTrainer(SafeTraining, FusedLoss, Trainer):
-    """The causal-LM Trainer: eval_loss is the mean over evaluation tokens.
-
-    Trainer's own eval_loss averages per-batch losses (each repeated by the batch size),
-    which over-weights short batches; the logs, early stopping and best-model choice all
-    see the token mean instead.
-    """
-
-    def __init__(self, *args, eval_data_collator=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eval_data_collator = eval_data_collator
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        """Evaluation may batch differently from training (packed rows kept apart, see packing.py)."""
-        if self.eval_data_collator is None:
-            return super().get_eval_dataloader(eval_dataset)
-        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = train_collator
-
-    def evaluation_loop(self, *args, metric_key_prefix: str = "eval", **kwargs):
-        output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)
-        token_loss = output.metrics.pop(f"{metric_key_prefix}_token_loss", None)
-        if token_loss is not None:
-            output.metrics[f"{metric_key_prefix}_loss"] = token_loss
-        return output
-
-
 def _local(tensor):
     """A sharded (FSDP2) parameter's own shard; any other tensor as it is."""
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
-def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset) -> CausalLMTrainer:
-    packed = "position_ids" in (getattr(train_dataset, "column_names", None) or [])  # a stream has none
-    trainer = _setup(recipe, CausalLMTrainer(
-        model=model,
-        data_collator=FlatteningCollator() if packed else CausalCollator(tokenizer.pad_token_id),
-        eval_data_collator=PackedRowsCollator(tokenizer.pad_token_id) if packed else None,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        compute_metrics=compute_perplexity,
-        preprocess_logits_for_metrics=token_nll,
-        **_common(recipe, TrainingArguments, model=model),
-    ))
-    trainer.fused_loss = fused_loss(recipe, trainer)
-    return trainer
 
 
 def auto_checkpointing(recipe: Recipe, model, arguments: dict) -> dict:
@@ -170,12 +127,6 @@ def auto_checkpointing(recipe: Recipe, model, arguments: dict) -> dict:
     a shard the estimate does not model; FSDP has its own switch in the accelerate config
     (fsdp_activation_checkpointing). Decided before the Trainer exists: DDP's wrapping depends on it.
     """
-    import copy
-
-    from accelerate.utils import parse_flag_from_env
-
-    from toolkit.plan import checkpointing_needed, checkpointing_setting
-
     if checkpointing_setting(recipe) != "auto":
         return {}
     sharded = (parse_flag_from_env("ACCELERATE_USE_FSDP") or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
@@ -185,7 +136,8 @@ def auto_checkpointing(recipe: Recipe, model, arguments: dict) -> dict:
     config = copy.deepcopy(model.config)
     config.__dict__.pop("quantization_config", None)  # counted as QLoRA from the recipe, not quantized again
     memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    on, needed = checkpointing_needed(config, recipe, bool(arguments.get("bf16") or arguments.get("fp16")), memory)
+    on, needed = checkpointing_needed(meta_causal_lm(config), recipe, recipe.data.row_length,
+                                      bool(arguments.get("bf16") or arguments.get("fp16")), memory)
     if on:
         logger.info("activation checkpointing on (training.activation_checkpointing=auto): a step without it needs"
                     " about %.1f GiB of this GPU's %.1f GiB", needed / 2**30, memory / 2**30)
@@ -225,56 +177,7 @@ def fused_loss(recipe: Recipe, trainer) -> FusedCausalLMLoss | None:
     return FusedCausalLMLoss(trainer.model, torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None))
 
 
-def build_seq2seq_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset, compute_metrics):
-    """Seq2SeqTrainer scoring generated text (predict_with_generate), with the toolkit's safeguards.
-
-    A decoder-only model is evaluated on whole rows (prompt and target) for its loss, and
-    generates from the prompt part alone: the tokens before the first learned label.
-    """
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
-
-    from toolkit.data.tasks import IGNORE
-    from toolkit.seq2seq import continue_prompts
-
-    decoder_only = not model.config.is_encoder_decoder
-
-    class Seq2SeqLMTrainer(SafeTraining, FusedLoss, Seq2SeqTrainer):
-        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
-            if not decoder_only or prediction_loss_only or not self.args.predict_with_generate:
-                return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
-            inputs = self._prepare_inputs(inputs)
-            with torch.no_grad():
-                with self.compute_loss_context_manager():
-                    loss = self.compute_loss(model, inputs).detach()
-                labels = inputs["labels"]
-                prompts = [row[: int((lab != IGNORE).int().argmax())].tolist()
-                           for row, lab in zip(inputs["input_ids"], labels)]
-                generated = continue_prompts(self.accelerator.unwrap_model(model), prompts, tokenizer.pad_token_id,
-                                             synced_gpus=is_sharded(self))
-            return loss, generated, labels
-
-    # Decoder-only rows (prompt, target) are padded on the right whatever the tokenizer's side:
-    # its saved tokenizer pads on the left, for batched generation.
-    collator = (CausalCollator(tokenizer.pad_token_id) if decoder_only
-                else DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=IGNORE))
-    generation = {"generation_num_beams": model.generation_config.num_beams}
-    if not decoder_only:  # a decoder-only model's length is its prompt plus max_new_tokens, set on the model
-        generation["generation_max_length"] = model.generation_config.max_new_tokens + 1  # + the start token
-    trainer = _setup(recipe, Seq2SeqLMTrainer(
-        model=model,
-        data_collator=collator,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        compute_metrics=compute_metrics,
-        **_common(recipe, Seq2SeqTrainingArguments, predict_with_generate=True, **generation),
-    ))
-    if decoder_only:
-        trainer.fused_loss = fused_loss(recipe, trainer)
-    return trainer
-
-
-def _common(recipe: Recipe, arguments_class, model=None, **extra) -> dict:
+def trainer_keywords(recipe: Recipe, arguments_class, model=None, **extra) -> dict:
     """Trainer keywords every recipe shares: arguments, optimizer, callbacks.
 
     With the `model` of a causal LM, activation_checkpointing=auto is decided for it; the
@@ -300,9 +203,9 @@ def _common(recipe: Recipe, arguments_class, model=None, **extra) -> dict:
     return common
 
 
-def _setup(recipe: Recipe, trainer, sequence_length: int | None = None):
+def finish_setup(recipe: Recipe, trainer, sequence_length: int):
     # tokens/s, MFU, peak memory in every log
-    add_throughput_callback(trainer, sequence_length or recipe.data.row_length)
+    add_throughput_callback(trainer, sequence_length)
     for callback in trainer.callback_handler.callbacks:
         # TensorBoard opens its writer at the first log; before training (the initial evaluation)
         # it would otherwise write to ./runs in the working directory.
@@ -317,8 +220,6 @@ def init_processes():
     Without a GPU, a multi-process launch (torchrun, `accelerate launch` with several
     processes) runs data-parallel over gloo, and each process gets its share of the cores.
     """
-    from accelerate import PartialState
-
     state = PartialState(cpu=not has_accelerator())
     use_all_cpu_cores()
     return state
@@ -330,8 +231,6 @@ def use_all_cpu_cores() -> None:
     `accelerate launch` without a config file sets OMP_NUM_THREADS=1 when no GPU is
     involved, which halves CPU training speed on a 2-core machine for no gain.
     """
-    import os
-
     if has_accelerator() or torch.get_num_threads() > 1:
         return
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

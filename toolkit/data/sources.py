@@ -31,7 +31,7 @@ FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv"
 _SKIP_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "lib2to3", "ensurepip", "test"}
 
 
-def _stdlib_objects():
+def stdlib_objects():
     """(dotted name, docstring) of every documented public class and function of the standard library."""
     quiet = contextlib.ExitStack()
     with quiet:  # importing every module warns about deprecations and may print
@@ -57,7 +57,7 @@ def _stdlib_objects():
 def _python_docs() -> tuple[str, ...]:
     from pydoc_data.topics import topics
 
-    docs = [topics[name] for name in sorted(topics)] + [doc for _, doc in _stdlib_objects()]
+    docs = [topics[name] for name in sorted(topics)] + [doc for _, doc in stdlib_objects()]
     return tuple(d for d in docs if d.strip())
 
 
@@ -72,7 +72,7 @@ _SUMMARY = re.compile(r"^[A-Z][^\n]{15,200}\.$")
 @functools.lru_cache(maxsize=1)
 def _python_docs_qa() -> tuple[tuple[str, str], ...]:
     pairs = []
-    for name, doc in _stdlib_objects():
+    for name, doc in stdlib_objects():
         # PEP 257: the first line of a docstring is a one-sentence summary of what it does.
         first = doc.strip().split("\n\n")[0].replace("\n", " ").strip()
         if "." in name and _SUMMARY.match(first) and "(" not in first.split(" ")[0]:
@@ -93,7 +93,7 @@ def python_docs_qa() -> dict[str, list]:
 def python_docs_summaries() -> dict[str, list[str]]:
     """(document, summary) pairs: a docstring's body and its PEP 257 one-line summary."""
     sources, targets = [], []
-    for _, doc in _stdlib_objects():
+    for _, doc in stdlib_objects():
         summary, _, body = doc.strip().partition("\n\n")
         summary, body = summary.replace("\n", " ").strip(), body.strip()
         if _SUMMARY.match(summary) and len(body.split()) >= 30:

@@ -10,28 +10,10 @@ from __future__ import annotations
 from datasets import Dataset, Features, Sequence, Value
 
 from toolkit.errors import ToolkitError, first_line
+from toolkit.loss import IGNORE
+from toolkit.tokenizer import bos_ids, ensure_chat_template
 
-IGNORE = -100
 ROLES = ("system", "user", "assistant")
-
-# For tokenizers without a template of their own: ChatML turns, each closed by the EOS
-# token, so that the model learns to stop after its answer.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
-
-
-def ensure_chat_template(tokenizer) -> None:
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-
-
-def bos_ids(tokenizer) -> list[int]:
-    """The token a prompt starts with: the tokenizer's bos, unless it has none or it doubles as eos."""
-    return [tokenizer.bos_token_id] if tokenizer.bos_token_id not in (None, tokenizer.eos_token_id) else []
 
 
 def encode_prompt_completion(prompt: str, completion: str, tokenizer, completion_only_loss: bool):

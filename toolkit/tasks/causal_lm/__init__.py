@@ -1,0 +1,124 @@
+"""Causal language modeling: pretraining (from a config or pretrained weights) and fine-tuning.
+
+recipes/pretrain.py and recipes/finetune.py both run this task. Plain text is packed into
+blocks (data.format: text); prompt/completion pairs and chats are encoded with the model's
+tokenizer and chat template, learned on the completion only, and packed padding-free
+(data.py, encoding.py). Scored by held-out perplexity, exact over tokens (trainer.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from toolkit.budget import PlanModel, new_vocabulary
+from toolkit.data.prepare import PreparedData, check_data, split_corpus
+from toolkit.errors import ToolkitError
+from toolkit.evaluation import generate_samples
+from toolkit.modeling import (
+    apply_lora, build_model, check_block_size, check_lora, load_model_config, local_model_config, locate_pretrained,
+    quantization_config, resolve_pretrained,
+)
+from toolkit.recipe import Recipe
+from toolkit.task import Task
+from toolkit.tasks.causal_lm.data import prepare_finetuning_data, prepare_pretraining_data
+from toolkit.tasks.causal_lm.trainer import build_trainer, samples
+from toolkit.tokenizer import load_pretrained_tokenizer, pretrained_tokenizer_name
+
+
+class CausalLM(Task):
+    name = "causal_lm"
+    script = "recipes/pretrain.py or recipes/finetune.py"
+    metrics = {"perplexity": ("perplexity", "Perplexity")}
+    pipeline_tag = "text-generation"
+    task_name = "Causal language modeling"
+
+    def check(self, recipe: Recipe) -> list[str]:
+        data, spec = recipe.data, recipe.model
+        done = []
+        if spec.name_or_path:
+            where = locate_pretrained(spec.name_or_path)
+            done.append(f"pretrained model {where}")
+            if Path(where).exists():  # a Hub model's config is read once the run starts
+                check_block_size(load_model_config(spec), data.row_length, f"data.{data.row_key}")
+        else:
+            config = load_model_config(spec)
+            check_block_size(config, data.row_length, f"data.{data.row_key}")
+            done.append(f"{config.model_type} model from a config, {data.row_key} {data.row_length}")
+            if recipe.lora.enabled:
+                raise ToolkitError("lora.enabled adapts pretrained weights, and a model built from a config has none;"
+                                   " set model.name_or_path or lora.enabled=false")
+            if data.format != "text" and not recipe.tokenizer.name_or_path:
+                raise ToolkitError(f"data.format {data.format} encodes examples with a pretrained tokenizer and its chat"
+                                   " template; set model.name_or_path (or data.format=text to pretrain)")
+        check_lora(recipe.lora)
+        check_data(recipe)
+        done.append(f"{len(data.sources)} data source(s) found")
+        return done
+
+    def prepare_data(self, recipe: Recipe, state) -> PreparedData:
+        with state.main_process_first():  # a GGUF file is converted once, on the main process
+            spec = resolve_pretrained(recipe.model, recipe.data.cache_dir)
+        return _prepare(recipe, spec)
+
+    def build_model(self, recipe: Recipe, data: PreparedData):
+        spec, config = data.extra
+        model = build_model(spec, config, data.tokenizer, seed=recipe.training["seed"],
+                            quantization=quantization_config(recipe.lora))
+        return apply_lora(model, recipe.lora) if recipe.lora.enabled else model
+
+    def build_trainer(self, recipe: Recipe, model, data: PreparedData):
+        return build_trainer(recipe, model, data.tokenizer, data.train, data.eval)
+
+    def draw(self, data: PreparedData):
+        return samples
+
+    def documents(self, recipe: Recipe) -> tuple[int, int]:
+        train, held_out, _ = split_corpus(recipe, recipe.data.format)
+        return len(train), len(held_out)
+
+    def sequence_length(self, recipe: Recipe) -> tuple[int, str]:
+        return recipe.data.row_length, f"data.{recipe.data.row_key}"
+
+    def plan_model(self, recipe: Recipe) -> PlanModel:
+        if recipe.model.name_or_path:
+            config, source = local_model_config(recipe.model), recipe.model.name_or_path  # keeps its vocabulary
+        else:
+            config, source = load_model_config(recipe.model), "from config"
+            config.vocab_size = new_vocabulary(recipe)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        return PlanModel.from_config(model, config, source)
+
+    def rescore(self, recipe: Recipe, run_dir: Path) -> dict:
+        data = _prepare(recipe, resolve_pretrained(recipe.model, recipe.data.cache_dir))
+        tokenizer = AutoTokenizer.from_pretrained(run_dir)
+        model = AutoModelForCausalLM.from_pretrained(run_dir)  # an adapter folder loads onto its base
+        return build_trainer(recipe, model, tokenizer, data.train, data.eval).evaluate()
+
+    def generate(self, folder: Path, recipe: Recipe | None, prompts: list[str], settings: dict) -> list[str]:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        if settings["top_p"] < 1.0:
+            model.generation_config.top_p = settings["top_p"]
+        drawn = generate_samples(model, tokenizer, prompts, settings["max_new_tokens"], settings["temperature"],
+                                 settings["top_k"], seed=settings["seed"], chat=settings["chat"])
+        return [s["completion"] if settings["chat"] else s["prompt"] + s["completion"] for s in drawn]
+
+
+def _prepare(recipe: Recipe, spec) -> PreparedData:
+    """Blocks of text (with the pretrained tokenizer, or a new BPE), or encoded examples, for the resolved model."""
+    resolved = dataclasses.replace(recipe, model=spec)
+    config = load_model_config(spec)
+    check_block_size(config, recipe.data.row_length, f"data.{recipe.data.row_key}")
+    if recipe.data.format == "text":
+        data = prepare_pretraining_data(resolved)
+    else:
+        name, revision = pretrained_tokenizer_name(recipe.tokenizer, spec)
+        tokenizer = load_pretrained_tokenizer(name, recipe.tokenizer, recipe.tokenizer.revision or revision)
+        data = prepare_finetuning_data(resolved, tokenizer)
+    data.extra = (spec, config)
+    return data
