@@ -56,8 +56,8 @@ def _tiny_llama(seed=0, vocab_size=300):
 def _train(tmp_path, fused, compile_backend=None):
     """Four real Trainer steps of a tiny llama on padded rows; the losses logged and the final weights."""
     from datasets import Dataset
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     from toolkit.recipe import Model, Recipe
     from toolkit.tasks.causal_lm.trainer import build_trainer

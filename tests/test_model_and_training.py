@@ -32,8 +32,8 @@ def tiny_trainer(tmp_path, *overrides):
     recipe = load_recipe(None, [f"training.output_dir={tmp_path}", "training.report_to=[]", *overrides], default=DEFAULT)
     model = build_model(Model(config=TINY), load_model_config(Model(config=TINY)), FakeVocab())
     rows = Dataset.from_dict({"input_ids": [[(i * 7 + j) % 100 for j in range(16)] for i in range(8)]})
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1}, unk_token="<pad>")),
                                   pad_token="<pad>", eos_token="<eos>")

@@ -7,9 +7,9 @@ import torch
 import yaml
 
 from tests.conftest import ROOT
+from toolkit import plan as planning
 from toolkit.errors import ToolkitError
 from toolkit.modeling import build_model, load_model_config
-from toolkit import plan as planning
 from toolkit.plan import ASSUMED_MFU, KNOWN_GPUS, find_gpu, format_plan
 from toolkit.tasks import TASKS, load_recipe
 

@@ -14,8 +14,9 @@ from tests.conftest import PRETRAIN, ROOT, run, run_pretrain, write_recipe
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """One tiny run shared by the tests that only read its outputs."""
-    from tests.conftest import TINY_RECIPE
     import copy
+
+    from tests.conftest import TINY_RECIPE
 
     folder = tmp_path_factory.mktemp("run")
     recipe = copy.deepcopy(TINY_RECIPE)

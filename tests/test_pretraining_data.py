@@ -6,8 +6,8 @@ import pytest
 
 from tests.conftest import ROOT
 from toolkit.data.prepare import cache_path
-from toolkit.tasks.causal_lm.data import prepare_pretraining_data
 from toolkit.recipe import load_recipe
+from toolkit.tasks.causal_lm.data import prepare_pretraining_data
 
 DEFAULT = ROOT / "recipes" / "pretrain" / "default.yaml"
 

@@ -96,10 +96,14 @@ def translate_and_rescore(recipe: dict, tmp_path) -> tuple:
     return result, out
 
 
-def test_translation_recipe_end_to_end_scores_bleu_and_chrf_before_and_after(tiny_t5, tmp_path):
+def test_translation_recipe_end_to_end_scores_bleu_and_chrf_before_and_after(tiny_t5, tmp_path, toolkit_here):
     result, out = translate_and_rescore(tiny_t5, tmp_path)
     samples = json.loads((out / "samples.json").read_text())
     assert len(samples) == 3 and all(isinstance(s["completion"], str) for s in samples)
+    # `toolkit generate` on the run translates as the run did (its beam settings): the card's first sample again.
+    generated = toolkit_here("generate", str(out), "--prompt", samples[0]["prompt"])
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout.strip() == samples[0]["completion"]
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     model, tok = AutoModelForSeq2SeqLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
@@ -212,8 +216,8 @@ def test_decoder_only_prompts_keep_the_template_ending_when_the_source_is_cut():
     from transformers import AutoTokenizer
 
     from toolkit.modeling import locate_pretrained
-    from toolkit.tasks.seq2seq.section import Seq2Seq
     from toolkit.tasks.seq2seq.data import encode_prompts
+    from toolkit.tasks.seq2seq.section import Seq2Seq
 
     tok = AutoTokenizer.from_pretrained(locate_pretrained(MINILM))
     spec = Seq2Seq(task="summarization", max_source_length=6, prompt_template="Summarize: {source} => ")
@@ -232,8 +236,7 @@ def test_decoder_only_prompts_keep_the_template_ending_when_the_source_is_cut():
 ])
 def test_a_bad_decoder_only_setting_is_one_clear_error(template, no_repeat, message):
     from toolkit.errors import ToolkitError
-    from toolkit.tasks.seq2seq.section import Seq2Seq
-    from toolkit.tasks.seq2seq.section import check_decoder_only
+    from toolkit.tasks.seq2seq.section import Seq2Seq, check_decoder_only
 
     with pytest.raises(ToolkitError, match=re.escape(message)):
         check_decoder_only(Seq2Seq(prompt_template=template, no_repeat_ngram_size=no_repeat))

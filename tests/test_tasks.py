@@ -180,6 +180,17 @@ def test_pretraining_continues_from_the_smollm2_gguf_package_path(smollm2, tmp_p
     assert recipe["task"] == "causal_lm" and recipe["model"]["name_or_path"] == SMOLLM2
 
 
+def test_overrides_that_change_a_pretrained_models_shapes_are_refused_before_any_work(smollm2):
+    """The default pretraining recipe's from-scratch sizes on top of SmolLM2: named in one line, not a load error."""
+    recipe = load_recipe(ROOT / "recipes" / "pretrain" / "default.yaml", [f"model.name_or_path={smollm2}"])
+    with pytest.raises(ToolkitError, match=r"model\.config\.hidden_size=128, .* changes the shape of the pretrained"
+                                           r" weights of .* \(embed_tokens\.weight: \(49152, 576\) -> \(49152, 128\)\)"):
+        TASKS["causal_lm"].check(recipe)
+    kept = load_recipe(ROOT / "recipes" / "pretrain" / "default.yaml",
+                       [f"model.name_or_path={smollm2}", "model.config={attention_dropout: 0.1}"])
+    assert TASKS["causal_lm"].check(kept)[0] == f"pretrained model {smollm2}"  # a setting, not a shape: kept
+
+
 # --------------------------------------------------------------------------- the layers
 
 

@@ -3,6 +3,8 @@
 import functools
 import sys
 
+from tqdm import tqdm
+
 
 class ToolkitError(Exception):
     """A problem with the user's input (recipe, data, paths), reported as one line."""
@@ -33,6 +35,4 @@ def exit_on_user_error(main):
 
 def _say(line: str) -> None:
     """A line of its own on stderr, even when a progress bar (training, map) holds the current one."""
-    from tqdm import tqdm
-
     tqdm.write(line, file=sys.stderr)

@@ -7,7 +7,6 @@ weights a short batch like a long one, and so drifts from it when lengths differ
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F

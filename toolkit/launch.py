@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from accelerate.utils import DistributedType
 
 from toolkit.errors import ToolkitError
 
@@ -23,8 +24,6 @@ CONFIGS = Path(__file__).resolve().parent.parent / "accelerate_configs"
 
 def check_launch_config(path: str | Path) -> dict:
     """The parsed config, or a ToolkitError naming what is wrong with it."""
-    from accelerate.utils import DistributedType
-
     path = Path(path)
     if not path.is_file():
         shipped = ", ".join(sorted(p.name for p in CONFIGS.glob("*.yaml"))) if CONFIGS.is_dir() else ""

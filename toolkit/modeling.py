@@ -13,7 +13,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import (
+    AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed,
+)
+from transformers.models.auto import modeling_auto as auto
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from toolkit.errors import ToolkitError, first_line
@@ -114,8 +118,6 @@ def check_block_size(config, block_size: int, name: str = "data.block_size") -> 
 
 def build_model(spec: Model, config, tokenizer, seed: int = 42, quantization=None):
     """Instantiate the model in float32 (mixed precision autocasts on top), embeddings fitted to the tokenizer."""
-    from transformers import AutoModelForCausalLM, set_seed
-
     set_seed(seed)  # the initial weights depend on it
 
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
@@ -145,8 +147,6 @@ def build_model(spec: Model, config, tokenizer, seed: int = 42, quantization=Non
 
 def is_decoder_only(model_type: str) -> bool:
     """A causal LM family that is not also an encoder (bert and bart have causal heads too)."""
-    from transformers.models.auto import modeling_auto as auto
-
     return (model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
             and model_type not in auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
 
@@ -202,8 +202,6 @@ def _convert_gguf(path: Path, cache: Path) -> Path:
         return folder
     if importlib.util.find_spec("gguf") is None:
         raise ToolkitError("reading a GGUF file needs the gguf package: pip install gguf")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     logger.info("model: converting %s to safetensors (once; cached in %s)", path.name, folder)
     loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -243,8 +241,6 @@ def linear_module_names(model) -> list[str]:
 
 def apply_lora(model, spec: Lora, task_type: str = "CAUSAL_LM"):
     """Wrap the model with LoRA adapters; only adapter weights train, the base stays frozen."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
     targets = spec.target_modules
     names = linear_module_names(model)
     wanted = [targets] if isinstance(targets, str) and targets != "all-linear" else ([] if targets == "all-linear" else targets)
@@ -268,7 +264,5 @@ def apply_lora(model, spec: Lora, task_type: str = "CAUSAL_LM"):
 def quantization_config(spec: Lora):
     if not spec.quantize_4bit:
         return None
-    from transformers import BitsAndBytesConfig
-
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
                               bnb_4bit_use_double_quant=True)

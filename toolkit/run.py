@@ -9,9 +9,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-from transformers import TrainerCallback
-
 from peft import AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM
+from transformers import TrainerCallback
 
 from toolkit.budget import flops_per_token, gpu_in_device_name
 from toolkit.console import setup_logging, summary

@@ -7,12 +7,25 @@ BLEU and chrF here equal its scores on the same files.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
 
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import AutoConfig, AutoModelForCausalLM
+
 from toolkit import metrics
+from toolkit.data.packing import CausalCollator, pack, tokenize
+from toolkit.data.sources import BUILTIN_CORPORA, check_source, load_source
 from toolkit.errors import ToolkitError, first_line
+from toolkit.evaluation import token_nll
+from toolkit.modeling import check_block_size, max_positions, resolve_pretrained
+from toolkit.outputs import write_json
+from toolkit.recipe import Model, Source, Tokenizer
+from toolkit.tokenizer import load_pretrained_tokenizer
 
 RESULTS_FILE = "eval_results.json"
 
@@ -82,8 +95,6 @@ def generation_metrics(tokenizer, names: list[str]):
 
     Numbers only: the Trainer logs every value as a scalar, so the signatures stay out.
     """
-    import numpy as np
-
     combined = metrics.combine(names)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -107,11 +118,6 @@ def generation_metrics(tokenizer, names: list[str]):
 
 def data_source(data: str, text_column: str = "text", limit: int | None = None):
     """A built-in corpus (by name) or data files (paths or globs), checked without reading them."""
-    import glob
-
-    from toolkit.data.sources import BUILTIN_CORPORA, check_source
-    from toolkit.recipe import Source
-
     if data in BUILTIN_CORPORA:
         return Source(builtin=data, limit=limit)
     if not glob.glob(os.path.expanduser(data)):
@@ -123,8 +129,6 @@ def data_source(data: str, text_column: str = "text", limit: int | None = None):
 
 def load_texts(source) -> list[str]:
     """The documents of a source (txt: one document per file; json, jsonl, csv, parquet: one per record)."""
-    from toolkit.data.sources import load_source
-
     texts = [t for t in load_source(source, 0)["text"] if t.strip()]
     if not texts:
         raise ToolkitError(f"{source.builtin or source.files} holds no text to score")
@@ -134,13 +138,6 @@ def load_texts(source) -> list[str]:
 def load_causal_lm(name: str, cache_dir: str, block_size: int | None = None):
     """A causal LM, its tokenizer and the row length to score with, from a folder, a Hub id,
     a package: path or a .gguf file (converted once into `cache_dir`)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from toolkit.modeling import check_block_size, max_positions, resolve_pretrained
-    from toolkit.recipe import Model, Tokenizer
-    from toolkit.tokenizer import load_pretrained_tokenizer
-
     if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
         raise ToolkitError(f"model not found: {name}")
     spec = resolve_pretrained(Model(name_or_path=name), cache_dir)
@@ -161,12 +158,6 @@ def load_causal_lm(name: str, cache_dir: str, block_size: int | None = None):
 
 def model_perplexity(model, tokenizer, texts: list[str], block_size: int, batch_size: int = 8) -> dict:
     """Token-weighted perplexity of `texts`: packed into rows as in pretraining, every token counted once."""
-    import torch
-    from datasets import Dataset
-
-    from toolkit.data.packing import CausalCollator, pack, tokenize
-    from toolkit.evaluation import token_nll
-
     rows, _ = pack(tokenize(Dataset.from_dict({"text": texts}), tokenizer), block_size, keep_tail=True)
     if len(rows) == 0:
         raise ToolkitError("the texts hold fewer than 2 tokens: nothing to predict")
@@ -190,8 +181,6 @@ def model_perplexity(model, tokenizer, texts: list[str], block_size: int, batch_
 
 def write_results(output_dir: str | Path, results: dict) -> Path:
     """`eval_results.json`, keys prefixed `eval_` as the Trainer and the pretraining recipe write them."""
-    from toolkit.outputs import write_json
-
     out = Path(os.path.expanduser(str(output_dir)))
     out.mkdir(parents=True, exist_ok=True)
     return write_json(out, RESULTS_FILE, {f"eval_{k}": v for k, v in results.items()})

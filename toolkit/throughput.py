@@ -8,10 +8,14 @@ trainer_state.json all get them.
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 
 import torch
 from transformers import TrainerCallback
+
+from toolkit.budget import flops_per_token, gpu_in_device_name
 
 
 class ThroughputCallback(TrainerCallback):
@@ -82,8 +86,6 @@ class ThroughputCallback(TrainerCallback):
 
 def add_throughput_callback(trainer, sequence_length: int) -> ThroughputCallback:
     """Attach a ThroughputCallback sized to the trainer's model, ahead of the reporting callbacks."""
-    from toolkit.plan import flops_per_token, gpu_in_device_name
-
     known = gpu_in_device_name(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
     callback = ThroughputCallback(flops_per_token(trainer.model, sequence_length),
                                   known[1]["peak_flops"] if known else None, sequence_length)
@@ -115,8 +117,5 @@ def peak_memory_bytes() -> int | None:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import resource
-    import sys
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # since the process started; not resettable
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from tokenizers import Tokenizer as RawTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
 from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import Model, Tokenizer
 
@@ -17,8 +21,6 @@ def pretrained_tokenizer_name(spec: Tokenizer, model: Model) -> tuple[str | None
 
 def open_tokenizer(name: str, revision: str | None = None, hint: str = ""):
     """A pretrained tokenizer as it is, or one line saying why it cannot be loaded."""
-    from transformers import AutoTokenizer
-
     try:
         return AutoTokenizer.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as err:
@@ -44,10 +46,6 @@ def load_pretrained_tokenizer(name: str, spec: Tokenizer | None = None, revision
 
 def train_bpe(texts: Iterable[str], spec: Tokenizer, length: int | None = None):
     """Train a byte-level BPE (GPT-2 style: no unknown tokens, any byte sequence encodes)."""
-    from tokenizers import Tokenizer as RawTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     specials = list(dict.fromkeys([spec.bos_token, spec.eos_token, spec.pad_token]))
     if spec.vocab_size < 256 + len(specials):
         raise ToolkitError(f"tokenizer.vocab_size must be at least {256 + len(specials)} (256 bytes + special tokens)")

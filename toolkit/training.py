@@ -15,10 +15,10 @@ from transformers import EarlyStoppingCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import rotate_checkpoints
 
+from toolkit.budget import checkpointing_needed, checkpointing_setting, meta_causal_lm
 from toolkit.errors import ToolkitError
 from toolkit.hardware import has_accelerator
 from toolkit.loss import FusedCausalLMLoss, check_fused_loss_exact, fused_loss_wanted
-from toolkit.budget import checkpointing_needed, checkpointing_setting, meta_causal_lm
 from toolkit.outputs import last_complete_checkpoint, mark_complete
 from toolkit.publish import PushEverySave
 from toolkit.recipe import Recipe, training_arguments

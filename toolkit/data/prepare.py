@@ -15,11 +15,13 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, load_from_disk
+from transformers import AutoTokenizer
 
 from toolkit.data.clean import clean_corpus, drop_texts, example_hashes, log_stats
 from toolkit.data.sources import check_columns, check_source, load_sources, source_fingerprint
@@ -99,8 +101,6 @@ def cached(recipe: Recipe, kind: str, build) -> PreparedData:
 def _wait_for(marker: Path, poll_seconds: float = 1.0) -> None:
     """Sleep until the first process has stored the data. If it fails instead, the launcher
     (torchrun, accelerate) ends this process along with it."""
-    import time
-
     if not marker.is_file():
         logger.info("data: waiting for the first process to prepare %s", marker.parent)
     while not marker.is_file():
@@ -108,8 +108,6 @@ def _wait_for(marker: Path, poll_seconds: float = 1.0) -> None:
 
 
 def _load(path: Path) -> PreparedData:
-    from transformers import AutoTokenizer
-
     stats = json.loads((path / "stats.json").read_text())
     stats.update(from_cache=True, cache=str(path))
     train = load_from_disk(str(path / "train")) if (path / "train").is_dir() else None  # None: streamed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import gettext
 import glob
 import importlib
 import inspect
@@ -19,8 +20,10 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from pydoc_data.topics import topics
 
-from datasets import Dataset, IterableDataset, concatenate_datasets
+import pyarrow.parquet as pq
+from datasets import Dataset, IterableDataset, concatenate_datasets, load_dataset
 
 from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import Source
@@ -55,8 +58,6 @@ def stdlib_objects():
 
 @functools.lru_cache(maxsize=1)
 def _python_docs() -> tuple[str, ...]:
-    from pydoc_data.topics import topics
-
     docs = [topics[name] for name in sorted(topics)] + [doc for _, doc in stdlib_objects()]
     return tuple(d for d in docs if d.strip())
 
@@ -111,8 +112,6 @@ def gettext_pairs(lang: str, locale_dir: Path = LOCALE_DIR) -> dict[str, list[st
     Every translated program ships its interface strings this way; plural forms, the
     catalog header and untranslated messages are left out; each English message once.
     """
-    import gettext
-
     found: dict[str, str] = {}
     for path in sorted((locale_dir / lang / "LC_MESSAGES").glob("*.mo")):
         try:
@@ -189,8 +188,6 @@ def file_columns(path: str) -> list[str] | None:
         with open(path, encoding="utf-8", newline="") as f:
             return next(csv.reader(f), None)
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         return pq.read_schema(path).names
     return None  # .json may be one big array: not worth reading here
 
@@ -228,8 +225,6 @@ def load_source(source: Source, index: int, fmt: str = "text", streaming: bool =
 
     With `streaming`, an IterableDataset that reads as it is iterated: nothing is loaded in full.
     """
-    from datasets import load_dataset
-
     if source.builtin:
         ds = Dataset.from_dict(BUILTIN_CORPORA[source.builtin]())
         ds = ds.to_iterable_dataset() if streaming else ds

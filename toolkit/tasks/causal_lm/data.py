@@ -30,6 +30,7 @@ def prepare_pretraining_data(recipe: Recipe) -> PreparedData:
     """
     if not recipe.data.streaming:
         return cached(recipe, "pretraining", lambda: _build_pretraining(recipe))
+
     def build():
         found = {}
         eval_blocks, tokenizer, stats = prepare_streaming(

@@ -19,7 +19,9 @@ from transformers import (
 from toolkit.budget import PlanModel, new_vocabulary
 from toolkit.data.prepare import PreparedData, check_data, split_corpus
 from toolkit.errors import ToolkitError
-from toolkit.modeling import apply_lora, check_lora, load_model_config, local_model_config, max_positions, resolve_pretrained
+from toolkit.modeling import (
+    apply_lora, check_lora, load_model_config, local_model_config, max_positions, resolve_pretrained,
+)
 from toolkit.outputs import read_json
 from toolkit.recipe import Model, Recipe
 from toolkit.scoring import generation_metrics
