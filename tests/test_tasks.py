@@ -173,7 +173,8 @@ def test_pretraining_continues_from_the_smollm2_gguf_package_path(smollm2, tmp_p
         "training.eval_strategy=no", "training.report_to=[]", "evaluation.max_new_tokens=3", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads((out / "eval_results.json").read_text())
-    assert 1 < scores["eval_perplexity"] < scores["init_eval_perplexity"] < 200  # a real pretrained model, trained on
+    # A real pretrained model (its perplexity on Python's docs is far below a random model's 49,152), trained on.
+    assert scores["init_eval_perplexity"] < 200 and scores["eval_perplexity"] < scores["init_eval_perplexity"]
     stats = json.loads((out / "data_stats.json").read_text())
     assert stats["tokenizer"]["vocab_size"] == 49152 and "SmolLM2" in stats["tokenizer"]["pretrained"]
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())

@@ -38,6 +38,8 @@ def load_model_config(spec: Model):
         name = locate_pretrained(spec.name_or_path)
         path = Path(name)
         where = {"gguf_file": path.name} if name.endswith(".gguf") else {}
+        if where:
+            _need_gguf()
         try:
             config = AutoConfig.from_pretrained(str(path.parent) if where else name, revision=spec.revision, **where)
         except (OSError, ValueError) as err:
@@ -193,6 +195,11 @@ def _package_file(name: str) -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / inner)
 
 
+def _need_gguf() -> None:
+    if importlib.util.find_spec("gguf") is None:
+        raise ToolkitError("reading a GGUF file needs the gguf package: pip install gguf")
+
+
 def _convert_gguf(path: Path, cache: Path) -> Path:
     """Dequantise a GGUF file once into a plain model folder (safetensors), which all later steps load."""
     stat = path.stat()
@@ -200,8 +207,7 @@ def _convert_gguf(path: Path, cache: Path) -> Path:
     folder = cache / f"{path.stem}-{key}"
     if (folder / "config.json").is_file():
         return folder
-    if importlib.util.find_spec("gguf") is None:
-        raise ToolkitError("reading a GGUF file needs the gguf package: pip install gguf")
+    _need_gguf()
     logger.info("model: converting %s to safetensors (once; cached in %s)", path.name, folder)
     loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
