@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from toolkit import metrics
 from toolkit.data.packing import CausalCollator, pack, tokenize
-from toolkit.data.sources import BUILTIN_CORPORA, check_source, load_source
+from toolkit.data.sources import BUILTIN_CORPORA, GETTEXT_PREFIX, check_source, load_source
 from toolkit.errors import ToolkitError, first_line
 from toolkit.evaluation import token_nll
 from toolkit.modeling import check_block_size, max_positions, resolve_pretrained
@@ -90,12 +90,14 @@ def score_texts(predictions: list[str], references: list, names: list[str]) -> d
     return metrics.combine(names).compute(predictions=predictions, references=references)
 
 
-def generation_metrics(tokenizer, names: list[str]):
+def generation_metrics(tokenizer, names: list[str], options: dict[str, dict] | None = None):
     """A Trainer `compute_metrics` for generated token ids: decoded, then scored against the decoded labels.
 
+    `options`: each metric's own settings by name (BLEU's target language, ROUGE's language).
     Numbers only: the Trainer logs every value as a scalar, so the signatures stay out.
     """
-    combined = metrics.combine(names)
+    options = options or {}
+    scorers = {name: metrics.load(name) for name in names}  # one by one: each takes its own options
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def compute_metrics(eval_pred) -> dict[str, float]:
@@ -107,7 +109,9 @@ def generation_metrics(tokenizer, names: list[str]):
         labels = np.where(labels != -100, labels, pad)
         decoded = [t.strip() for t in tokenizer.batch_decode(predictions, skip_special_tokens=True)]
         refs = [t.strip() for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
-        scores = combined.compute(predictions=decoded, references=refs)
+        scores = {}
+        for name, metric in scorers.items():
+            scores.update(metric.compute(predictions=decoded, references=refs, **options.get(name, {})))
         return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))}
 
     return compute_metrics
@@ -118,7 +122,7 @@ def generation_metrics(tokenizer, names: list[str]):
 
 def data_source(data: str, text_column: str = "text", limit: int | None = None):
     """A built-in corpus (by name) or data files (paths or globs), checked without reading them."""
-    if data in BUILTIN_CORPORA:
+    if data in BUILTIN_CORPORA or data.startswith(GETTEXT_PREFIX):
         return Source(builtin=data, limit=limit)
     if not glob.glob(os.path.expanduser(data)):
         raise ToolkitError(f"data not found: {data} is neither a file nor a built-in corpus ({', '.join(BUILTIN_CORPORA)})")

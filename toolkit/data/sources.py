@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import difflib
 import functools
 import gettext
 import glob
@@ -129,9 +130,33 @@ def gettext_pairs(lang: str, locale_dir: Path = LOCALE_DIR) -> dict[str, list[st
     return {"source": english, "target": [found[e] for e in english]}
 
 
+def installed_locales(locale_dir: Path = LOCALE_DIR) -> list[str]:
+    """The locales with gettext catalogs on this machine (de, fr, zh_CN, pt_BR, ...)."""
+    names = {p.parent.parent.name for p in locale_dir.glob("*/LC_MESSAGES/*.mo")} if locale_dir.is_dir() else set()
+    return sorted(n for n in names if n != "en" and not n.startswith("en_"))
+
+
+GETTEXT_PREFIX = "gettext-en-"  # gettext-en-<locale>: English to any installed locale, e.g. gettext-en-zh_CN
 BUILTIN_CORPORA = {"python-docs": python_docs, "python-docs-qa": python_docs_qa,
-                   "python-docs-summaries": python_docs_summaries}
-BUILTIN_CORPORA.update({f"gettext-en-{lang}": functools.partial(gettext_pairs, lang) for lang in ("de", "fr", "es")})
+                   "python-docs-summaries": python_docs_summaries,
+                   **{f"{GETTEXT_PREFIX}{lang}": functools.partial(gettext_pairs, lang) for lang in ("de", "fr", "es")}}
+
+
+def builtin_corpus(name: str):
+    """The function that makes a built-in corpus: a fixed one, or the gettext pairs of any installed locale."""
+    if name in BUILTIN_CORPORA:
+        return BUILTIN_CORPORA[name]
+    if name.startswith(GETTEXT_PREFIX):
+        lang = name.removeprefix(GETTEXT_PREFIX)
+        present = installed_locales()
+        if lang not in present:
+            close = [p for p in present if p.lower() == lang.lower()] or difflib.get_close_matches(lang, present, n=1)
+            hint = f"did you mean {GETTEXT_PREFIX}{close[0]}? " if close else ""
+            raise ToolkitError(f"no gettext catalogs for {lang!r} under {LOCALE_DIR}; {hint}the locales here are"
+                               f" {', '.join(present) or 'none'} (install the language's locale packages)")
+        return functools.partial(gettext_pairs, lang)
+    raise ToolkitError(f"unknown built-in corpus {name!r}; available: {', '.join(BUILTIN_CORPORA)},"
+                       f" or {GETTEXT_PREFIX}LOCALE for any locale with gettext catalogs")
 
 # The columns each data.format reads, as (Source attribute naming the column, canonical name).
 FORMAT_COLUMNS = {
@@ -163,8 +188,8 @@ def resolve_files(source: Source) -> list[str]:
 
 def check_source(source: Source) -> None:
     """The cheap checks, done before any work: known built-in, files that exist."""
-    if source.builtin and source.builtin not in BUILTIN_CORPORA:
-        raise ToolkitError(f"unknown built-in corpus {source.builtin!r}; available: {', '.join(BUILTIN_CORPORA)}")
+    if source.builtin:
+        builtin_corpus(source.builtin)
     if source.files:
         resolve_files(source)
 
@@ -226,7 +251,7 @@ def load_source(source: Source, index: int, fmt: str = "text", streaming: bool =
     With `streaming`, an IterableDataset that reads as it is iterated: nothing is loaded in full.
     """
     if source.builtin:
-        ds = Dataset.from_dict(BUILTIN_CORPORA[source.builtin]())
+        ds = Dataset.from_dict(builtin_corpus(source.builtin)())
         ds = ds.to_iterable_dataset() if streaming else ds
     elif source.files:
         files = resolve_files(source)

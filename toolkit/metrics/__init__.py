@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -56,6 +57,22 @@ def combine(names, **kwargs):
         raise ToolkitError(f"metric named twice: {', '.join(names)}")
     evaluate = _library()  # after the checks: its import takes seconds
     return evaluate.combine({name: load(name) for name in names}, **kwargs)
+
+
+# Languages written without spaces between words: scored by character (Latin runs stay words).
+CJK_LANGUAGES = ("zh", "ja", "ko")
+_CJK_CHARACTER = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff"
+                            r"\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f]")
+
+
+def language_code(language: str | None) -> str:
+    """A locale or language tag as the bare language: zh_CN, zh-Hans, ZH -> zh; None -> ''."""
+    return re.split(r"[_\-.@]", language or "")[0].lower()
+
+
+def is_cjk_character(char: str) -> bool:
+    """A Chinese character, Japanese kana or Korean Hangul: a unit of its own when scoring."""
+    return bool(_CJK_CHARACTER.fullmatch(char))
 
 
 def check_pairs(predictions, references, metric: str, no_answer: bool = False) -> None:

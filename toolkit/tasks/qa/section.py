@@ -28,6 +28,9 @@ class QA:
     version_2: bool = False  # SQuAD 2.0: questions may have no answer in the context
     null_score_threshold: float = 0.0  # answer "no answer" when its score beats the best span by this
     bad_answer_start: Literal["skip", "error"] = "skip"  # an answer_start that does not point at its text
+    # The answers' language: zh scores EM/F1 as the CMRC 2018 evaluation does (Chinese characters as units);
+    # any other, SQuAD's normalisation and word tokens.
+    language: str = "en"
 
 
 def check_qa_recipe(recipe: Recipe) -> None:

@@ -63,11 +63,12 @@ def _squad_metric():
     return metrics.load("squad")  # loaded once: each evaluation scores up to three subsets
 
 
-def squad_scores(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
-    """Exact match and F1 (0-100) by question id, from the toolkit's squad metric; [] means no answer."""
+def squad_scores(predictions: dict[str, str], references: dict[str, list[str]], language: str = "en") -> dict[str, float]:
+    """Exact match and F1 (0-100) by question id, from the toolkit's squad metric; [] means no answer.
+    `language`: zh scores as CMRC 2018 does (toolkit/metrics/squad.py)."""
     ids = list(references)
     scores = _squad_metric().compute(predictions=[predictions.get(i) or "" for i in ids],
-                                     references=[references[i] for i in ids])
+                                     references=[references[i] for i in ids], language=language)
     return {k: round(v, 2) for k, v in scores.items()}
 
 
@@ -89,12 +90,13 @@ class SpanScores:
         self.last = postprocess(self.examples, self.features, start_logits, end_logits, n_best=qa.n_best,
                                 max_answer_length=qa.max_answer_length, version_2=qa.version_2,
                                 null_score_threshold=qa.null_score_threshold)
-        scores = squad_scores(self.last, self.references)
+        scores = squad_scores(self.last, self.references, qa.language)
         if qa.version_2:
             answered = {i: g for i, g in self.references.items() if g}
-            scores["has_answer_f1"] = squad_scores(self.last, answered)["f1"] if answered else None
+            scores["has_answer_f1"] = squad_scores(self.last, answered, qa.language)["f1"] if answered else None
             unanswerable = {i: g for i, g in self.references.items() if not g}
-            scores["no_answer_accuracy"] = squad_scores(self.last, unanswerable)["exact_match"] if unanswerable else None
+            scores["no_answer_accuracy"] = (squad_scores(self.last, unanswerable, qa.language)["exact_match"]
+                                            if unanswerable else None)
         return {k: v for k, v in scores.items() if v is not None}
 
     def predictions(self) -> list[dict]:

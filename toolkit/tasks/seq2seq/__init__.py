@@ -30,6 +30,7 @@ from toolkit.tasks.seq2seq.data import prepare_seq2seq_data
 from toolkit.tasks.seq2seq.model import build_seq2seq_model, configure_generation, model_architecture, translate
 from toolkit.tasks.seq2seq.section import (
     DECODER_ONLY, ENCODER_DECODER, Seq2Seq, check_decoder_only, check_generation, check_metrics, metric_names,
+    metric_options,
 )
 from toolkit.tasks.seq2seq.trainer import build_seq2seq_trainer, samples, sequence_length
 
@@ -75,7 +76,8 @@ class Seq2SeqTask(Task):
 
     def build_trainer(self, recipe: Recipe, model, data: PreparedData):
         return build_seq2seq_trainer(recipe, model, data.tokenizer, data.train, data.eval,
-                                     generation_metrics(data.tokenizer, metric_names(recipe.seq2seq)))
+                                     generation_metrics(data.tokenizer, metric_names(recipe.seq2seq),
+                                                        metric_options(recipe.seq2seq)))
 
     def draw(self, data: PreparedData):
         return samples(data.stats)
@@ -116,7 +118,8 @@ class Seq2SeqTask(Task):
         data = prepare_seq2seq_data(dataclasses.replace(recipe, model=base), architecture)
         tokenizer, model = _load(run_dir, recipe, architecture)
         trainer = build_seq2seq_trainer(recipe, model, tokenizer, data.train, data.eval,
-                                        generation_metrics(tokenizer, metric_names(recipe.seq2seq)))
+                                        generation_metrics(tokenizer, metric_names(recipe.seq2seq),
+                                                           metric_options(recipe.seq2seq)))
         return trainer.evaluate()
 
     def generate(self, folder: Path, recipe: Recipe, prompts: list[str], settings: dict) -> list[str]:

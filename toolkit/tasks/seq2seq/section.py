@@ -11,6 +11,7 @@ import string
 from dataclasses import dataclass
 from typing import Literal
 
+from sacrebleu.metrics import BLEU
 from transformers import GenerationConfig
 from transformers.utils import logging as hf_logging
 
@@ -40,6 +41,9 @@ class Seq2Seq:
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     metrics: list[str] | None = None  # None: bleu and chrf for translation, rouge for summarization
+    # sacrebleu's BLEU tokenizer; None: chosen by target_lang as `sacrebleu -l SRC-TGT` chooses it
+    # (zh: zh, ja: ja-mecab, ko: ko-mecab, any other: 13a). ROUGE follows target_lang too (CJK by character).
+    bleu_tokenize: str | None = None
     eval_limit: int | None = 200  # held-out pairs scored by generation (it is slow); None: all
 
 
@@ -112,9 +116,28 @@ def check_generation(spec: Seq2Seq) -> None:
         hf_logging.set_verbosity(verbosity)
 
 
+def metric_options(spec: Seq2Seq) -> dict[str, dict]:
+    """Each metric's language settings, from the target language: BLEU's tokenizer, ROUGE's tokenization."""
+    language = metrics.language_code(spec.target_lang)
+    return {"bleu": {"trg_lang": language, "tokenize": spec.bleu_tokenize}, "rouge": {"language": language}}
+
+
 def check_metrics(spec: Seq2Seq) -> list[str]:
-    """The recipe's metric names, each known (did-you-mean otherwise), before any work."""
+    """The recipe's metric names, each known (did-you-mean otherwise), and BLEU's tokenizer buildable here,
+    before any work: a missing MeCab would otherwise stop the run at its first evaluation."""
     names = metric_names(spec)
     for name in names:
         metrics.path(name)
+    if "bleu" in names:
+        options = metric_options(spec)["bleu"]
+        try:
+            BLEU(**options)
+        except KeyError:
+            raise ToolkitError(f"seq2seq.bleu_tokenize={spec.bleu_tokenize!r} is not a sacrebleu tokenizer; use one of"
+                               f" {', '.join(sorted(BLEU.TOKENIZERS))}, or null to follow seq2seq.target_lang") from None
+        except RuntimeError as err:  # ja-mecab, ko-mecab without their extra packages
+            install = next((line.strip() for line in str(err).splitlines() if "pip install" in line), "")
+            raise ToolkitError(f"BLEU for target_lang {options['trg_lang']!r} tokenizes with MeCab, which is not"
+                               f" installed: {install or 'pip install sacrebleu[ja]'} (or set seq2seq.bleu_tokenize,"
+                               " e.g. char)") from None
     return names
