@@ -34,10 +34,14 @@ def parse_args(argv):
     p = Arguments(description=__doc__.splitlines()[0])
     p.add_argument("--output_dir", required=True, help="where eval_results.json is written")
     texts = p.add_argument_group("predictions against references")
-    texts.add_argument("--predictions", help="one prediction per line (.txt), or one JSON string per line (.jsonl)")
+    texts.add_argument("--predictions", help="one prediction per line (.txt), one JSON string per line (.jsonl),"
+                       " or a seq2seq run's predictions.jsonl (its references inside)")
     texts.add_argument("--references", nargs="+", action="extend", default=[],
                        help="one reference per line; several files (or a .jsonl of lists) for several references")
     texts.add_argument("--metrics", nargs="+", default=list(metrics.TEXT_METRICS), help="bleu chrf rouge squad")
+    texts.add_argument("--target_lang", help="the texts' language, as sacrebleu's -l target: zh, ja, ko tokenize"
+                       " BLEU (and ROUGE, SQuAD) their own way; default: 13a and English rules")
+    texts.add_argument("--field", default="prediction", help="predictions.jsonl: prediction or prediction_before")
     model = p.add_argument_group("a causal language model on text")
     model.add_argument("--model", help="a model folder, Hub id, package:NAME/path or .gguf file")
     model.add_argument("--data", help="a built-in corpus (python-docs) or data files (txt, jsonl, json, csv, parquet)")
@@ -50,8 +54,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if sum(map(bool, (args.predictions, args.model, args.run))) != 1:
         raise ToolkitError("give one of: --predictions with --references, --model with --data, or --run")
-    if args.predictions and not args.references:
-        raise ToolkitError("--predictions needs --references")
+    if args.predictions and not args.references and not args.predictions.endswith(".jsonl"):
+        raise ToolkitError("--predictions needs --references (or is a seq2seq run's predictions.jsonl)")
     if args.model and not args.data:
         raise ToolkitError("--model needs --data: a built-in corpus name or data files")
     if args.model and Path(args.output_dir).expanduser().resolve() == Path(args.model).expanduser().resolve():
@@ -65,8 +69,12 @@ def parse_args(argv):
 
 
 def score_texts(args) -> dict:
-    predictions, references = scoring.read_pairs(args.predictions, args.references)
-    return {**scoring.score_texts(predictions, references, args.metrics), "samples": len(predictions)}
+    if args.references:
+        predictions, references = scoring.read_pairs(args.predictions, args.references)
+    else:
+        predictions, references = scoring.read_prediction_rows(args.predictions, args.field)
+    scores = scoring.score_texts(predictions, references, args.metrics, args.target_lang)
+    return {**scores, "samples": len(predictions)}
 
 
 def score_run(args) -> dict:

@@ -132,3 +132,21 @@ def test_gettext_pairs_exist_for_any_installed_locale_and_a_missing_one_lists_th
     line = result.stderr.strip()
     assert line.startswith("error: no gettext catalogs for 'zh_cn' under /usr/share/locale; did you mean"
                            " gettext-en-zh_CN? the locales here are ") and "zh_CN" in line and "\n" not in line
+
+
+def test_chinese_round_trips_through_a_new_bpe_and_a_cut_character_is_not_scored(tmp_path):
+    """A byte-level BPE trained on Chinese gives the text back exactly; generation cut inside a character
+    (max_new_tokens) leaves no broken character in the decoded, scored text."""
+    _, references = _pairs("zh_CN", 200)
+    tokenizer = train_bpe(iter(references), Tokenizer(vocab_size=400), length=len(references))
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in references]
+    assert tokenizer.batch_decode(ids) == references
+    cut = next((row[:k], t) for row, t in zip(ids, references) for k in range(1, len(row))
+               if tokenizer.decode(row[:k]).endswith("\ufffd"))  # a byte-level token boundary inside a character
+    assert "\ufffd" in tokenizer.decode(cut[0])
+    scores = generation_metrics(tokenizer, ["chrf"])
+    predictions = np.array([cut[0] + [tokenizer.pad_token_id] * (len(ids[0]) + 50 - len(cut[0]))])
+    labels = np.array([tokenizer(cut[1], add_special_tokens=False)["input_ids"]])
+    scores(EvalPrediction(predictions, labels))
+    decoded = scores.texts["eval"][0][0]
+    assert "\ufffd" not in decoded and cut[1].startswith(decoded) and decoded

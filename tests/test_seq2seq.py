@@ -93,7 +93,29 @@ def translate_and_rescore(recipe: dict, tmp_path) -> tuple:
     rescored = json.loads((tmp_path / "rescored" / "eval_results.json").read_text())
     assert rescored["eval_bleu"] == pytest.approx(scores["eval_bleu"], abs=1e-6)
     assert rescored["eval_chrf"] == pytest.approx(scores["eval_chrf"], abs=1e-6)
+    check_predictions_file(out, scores, tmp_path)
     return result, out
+
+
+def check_predictions_file(out: Path, scores: dict, tmp_path: Path) -> None:
+    """predictions.jsonl holds every scored pair, before and after; the sacrebleu command line on it
+    (and recipes/evaluate.py) gives the run's own BLEU."""
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == json.loads((out / "data_stats.json").read_text())["eval_pairs"]
+    assert all(set(r) == {"source", "reference", "prediction_before", "prediction"} and r["source"] for r in rows)
+    for field, key in (("prediction", "eval_bleu"), ("prediction_before", "init_eval_bleu")):
+        (tmp_path / "hyp.txt").write_text("".join(r[field] + "\n" for r in rows), encoding="utf-8")
+        (tmp_path / "ref.txt").write_text("".join(r["reference"] + "\n" for r in rows), encoding="utf-8")
+        cli = run([sys.executable, "-m", "sacrebleu", str(tmp_path / "ref.txt"), "-i", str(tmp_path / "hyp.txt"),
+                   "-l", "en-de", "-m", "bleu", "-b", "-w", "4"])
+        assert cli.returncode == 0, cli.stderr
+        assert float(cli.stdout) == pytest.approx(scores[key], abs=0.01), field
+    again = run([sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--predictions", str(out / "predictions.jsonl"),
+                 "--metrics", "bleu", "chrf", "--target_lang", "de", "--output_dir", str(tmp_path / "from-file")])
+    assert again.returncode == 0, again.stderr[-2000:]
+    from_file = json.loads((tmp_path / "from-file" / "eval_results.json").read_text())
+    assert from_file["eval_bleu"] == pytest.approx(scores["eval_bleu"], abs=1e-6)
+    assert from_file["eval_chrf"] == pytest.approx(scores["eval_chrf"], abs=1e-6)
 
 
 def test_translation_recipe_end_to_end_scores_bleu_and_chrf_before_and_after(tiny_t5, tmp_path, toolkit_here):

@@ -166,6 +166,13 @@ def write_json(folder: Path, name: str, obj) -> Path:
     return path
 
 
+def write_jsonl(folder: Path, name: str, rows: list[dict]) -> Path:
+    """One JSON object per line (UTF-8, characters as they are): rows a reader streams or greps."""
+    path = Path(folder) / name
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
 def read_json(folder: Path, name: str):
     path = Path(folder) / name
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

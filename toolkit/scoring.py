@@ -25,7 +25,7 @@ from toolkit.evaluation import token_nll
 from toolkit.modeling import check_block_size, max_positions, resolve_pretrained
 from toolkit.outputs import write_json
 from toolkit.recipe import Model, Source, Tokenizer
-from toolkit.tokenizer import load_pretrained_tokenizer
+from toolkit.tokenizer import decode_texts, load_pretrained_tokenizer
 
 RESULTS_FILE = "eval_results.json"
 
@@ -65,6 +65,24 @@ def read_texts(path: str | Path, allow_lists: bool = False) -> list:
     return read_jsonl(path, allow_lists) if str(path).endswith(".jsonl") else read_lines(path)
 
 
+def read_prediction_rows(path: str | Path, field: str = "prediction") -> tuple[list[str], list[list[str]]]:
+    """A seq2seq run's predictions.jsonl: each row's `field` (prediction, or prediction_before) and reference."""
+    predictions, references = [], []
+    for number, line in enumerate(read_lines(path), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ToolkitError(f"{path}, line {number}: not JSON ({first_line(err)})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("reference"), str) or not isinstance(row.get(field), str):
+            raise ToolkitError(f"{path}, line {number}: expected an object with a text 'reference' and {field!r}"
+                               " (the rows of a seq2seq run's predictions.jsonl)")
+        predictions.append(row[field])
+        references.append([row["reference"]])
+    if not predictions:
+        raise ToolkitError(f"{path} holds no predictions")
+    return predictions, references
+
+
 def read_pairs(predictions_path: str, reference_paths: list[str]) -> tuple[list[str], list[list[str]]]:
     """Predictions, and each example's references: from one file (JSONL lists allowed) or from
     several parallel files (line i of each is a reference of example i, as `sacrebleu REF1 REF2`)."""
@@ -85,36 +103,61 @@ def read_pairs(predictions_path: str, reference_paths: list[str]) -> tuple[list[
     return predictions, references
 
 
-def score_texts(predictions: list[str], references: list, names: list[str]) -> dict:
-    """Every named text metric over the whole set, in one `evaluate.combine`."""
-    return metrics.combine(names).compute(predictions=predictions, references=references)
+def score_texts(predictions: list[str], references: list, names: list[str], language: str | None = None) -> dict:
+    """Every named text metric over the whole set; `language`: the texts' (BLEU's tokenizer, ROUGE's, SQuAD's)."""
+    metrics.check_text_metrics(names)
+    options = metrics.language_options(language)
+    scores = {}
+    for name in names:
+        scores.update(metrics.load(name).compute(predictions=predictions, references=references,
+                                                 **options.get(name, {})))
+    return scores
 
 
-def generation_metrics(tokenizer, names: list[str], options: dict[str, dict] | None = None):
+class GenerationScores:
     """A Trainer `compute_metrics` for generated token ids: decoded, then scored against the decoded labels.
 
     `options`: each metric's own settings by name (BLEU's target language, ROUGE's language).
-    Numbers only: the Trainer logs every value as a scalar, so the signatures stay out.
+    Numbers only: the Trainer logs every value as a scalar, so the signatures stay out. The
+    texts of each evaluation are kept under `prefix` (the Trainer's metric_key_prefix, which
+    the trainer sets before it evaluates), so a run can write every prediction it scored.
     """
-    options = options or {}
-    scorers = {name: metrics.load(name) for name in names}  # one by one: each takes its own options
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    def compute_metrics(eval_pred) -> dict[str, float]:
+    def __init__(self, tokenizer, names: list[str], options: dict[str, dict] | None = None,
+                 sources: list[str] | None = None):
+        self.tokenizer, self.options, self.sources = tokenizer, options or {}, sources
+        self.scorers = {name: metrics.load(name) for name in names}  # one by one: each takes its own options
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.prefix, self.texts = "eval", {}  # prefix -> (predictions, references)
+
+    def __call__(self, eval_pred) -> dict[str, float]:
         predictions, labels = eval_pred.predictions, eval_pred.label_ids
         if isinstance(predictions, tuple):
             predictions = predictions[0]
         # -100 marks positions without a label (and the Trainer pads generations with it): not tokens.
-        predictions = np.where(predictions != -100, predictions, pad)
-        labels = np.where(labels != -100, labels, pad)
-        decoded = [t.strip() for t in tokenizer.batch_decode(predictions, skip_special_tokens=True)]
-        refs = [t.strip() for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        predictions = np.where(predictions != -100, predictions, self.pad)
+        labels = np.where(labels != -100, labels, self.pad)
+        decoded, refs = decode_texts(self.tokenizer, predictions), decode_texts(self.tokenizer, labels)
+        self.texts[self.prefix] = (decoded, refs)
         scores = {}
-        for name, metric in scorers.items():
-            scores.update(metric.compute(predictions=decoded, references=refs, **options.get(name, {})))
+        for name, metric in self.scorers.items():
+            scores.update(metric.compute(predictions=decoded, references=refs, **self.options.get(name, {})))
         return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))}
 
-    return compute_metrics
+
+    def rows(self) -> list[dict]:
+        """Every scored example: its source (when known), the reference scored against, and the predictions
+        of the evaluation before training (None when this process did not make one) and of the last one."""
+        predictions, references = self.texts.get("eval", ([], []))
+        before = self.texts.get("init_eval", (None, None))[0]
+        sources = self.sources or [None] * len(predictions)
+        return [{"source": s, "reference": r, "prediction_before": before[i] if before else None, "prediction": p}
+                for i, (s, r, p) in enumerate(zip(sources, references, predictions))]
+
+
+def generation_metrics(tokenizer, names: list[str], options: dict[str, dict] | None = None,
+                       sources: list[str] | None = None) -> GenerationScores:
+    return GenerationScores(tokenizer, names, options, sources)
 
 
 # --------------------------------------------------------------------------- a causal LM's perplexity

@@ -75,6 +75,13 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
+def decode_texts(tokenizer, rows) -> list[str]:
+    """Token ids as text, special tokens left out, stripped. A byte-level BPE cut mid-character (generation
+    stopped by max_new_tokens inside a multi-byte character: Chinese, Japanese, emoji) leaves the half
+    character as U+FFFD at the end: that dangling piece is dropped, not scored as a character."""
+    return [t.rstrip("\ufffd").strip() for t in tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
+
 def ensure_chat_template(tokenizer) -> None:
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE

@@ -43,8 +43,8 @@ def load(name: str, **kwargs):
     return evaluate.load(str(path(name)), **kwargs)
 
 
-def combine(names, **kwargs):
-    """`evaluate.combine` of text metrics: one `compute(predictions=..., references=...)` for all."""
+def check_text_metrics(names) -> list[str]:
+    """Metric names that score texts together: each known, none twice, none that takes NLL sums."""
     names = list(names)
     if not names:
         raise ToolkitError(f"no metrics named; choose from {', '.join(TEXT_METRICS)}")
@@ -55,6 +55,12 @@ def combine(names, **kwargs):
                                f"with {', '.join(TEXT_METRICS)}; load it on its own")
     if len(set(names)) != len(names):
         raise ToolkitError(f"metric named twice: {', '.join(names)}")
+    return names
+
+
+def combine(names, **kwargs):
+    """`evaluate.combine` of text metrics: one `compute(predictions=..., references=...)` for all."""
+    names = check_text_metrics(names)
     evaluate = _library()  # after the checks: its import takes seconds
     return evaluate.combine({name: load(name) for name in names}, **kwargs)
 
@@ -68,6 +74,13 @@ _CJK_CHARACTER = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4
 def language_code(language: str | None) -> str:
     """A locale or language tag as the bare language: zh_CN, zh-Hans, ZH -> zh; None -> ''."""
     return re.split(r"[_\-.@]", language or "")[0].lower()
+
+
+def language_options(language: str | None) -> dict[str, dict]:
+    """Each text metric's settings for texts in `language`: BLEU's tokenizer as `sacrebleu -l xx-LANG`
+    chooses it, ROUGE's and SQuAD's tokenization."""
+    code = language_code(language)
+    return {"bleu": {"trg_lang": code}, "rouge": {"language": code}, "squad": {"language": code}}
 
 
 def is_cjk_character(char: str) -> bool:

@@ -26,13 +26,13 @@ from toolkit.outputs import read_json
 from toolkit.recipe import Model, Recipe
 from toolkit.scoring import generation_metrics
 from toolkit.task import Task
-from toolkit.tasks.seq2seq.data import prepare_seq2seq_data
+from toolkit.tasks.seq2seq.data import held_out_sources, prepare_seq2seq_data
 from toolkit.tasks.seq2seq.model import build_seq2seq_model, configure_generation, model_architecture, translate
 from toolkit.tasks.seq2seq.section import (
     DECODER_ONLY, ENCODER_DECODER, Seq2Seq, check_decoder_only, check_generation, check_metrics, metric_names,
     metric_options,
 )
-from toolkit.tasks.seq2seq.trainer import build_seq2seq_trainer, samples, sequence_length
+from toolkit.tasks.seq2seq.trainer import build_seq2seq_trainer, samples, sequence_length, write_predictions
 
 
 class Seq2SeqTask(Task):
@@ -64,11 +64,11 @@ class Seq2SeqTask(Task):
             resolved = dataclasses.replace(recipe, model=resolve_pretrained(recipe.model, recipe.data.cache_dir))
         architecture = model_architecture(resolved)
         data = prepare_seq2seq_data(resolved, architecture)
-        data.extra = (resolved, architecture)
+        data.extra = (resolved, architecture, held_out_sources(data))
         return data
 
     def build_model(self, recipe: Recipe, data: PreparedData):
-        resolved, architecture = data.extra
+        resolved, architecture, _ = data.extra
         model = build_seq2seq_model(resolved, data.tokenizer, architecture, seed=recipe.training["seed"])
         if recipe.lora.enabled:
             model = apply_lora(model, recipe.lora, task_type="CAUSAL_LM" if architecture == DECODER_ONLY else "SEQ_2_SEQ_LM")
@@ -77,10 +77,13 @@ class Seq2SeqTask(Task):
     def build_trainer(self, recipe: Recipe, model, data: PreparedData):
         return build_seq2seq_trainer(recipe, model, data.tokenizer, data.train, data.eval,
                                      generation_metrics(data.tokenizer, metric_names(recipe.seq2seq),
-                                                        metric_options(recipe.seq2seq)))
+                                                        metric_options(recipe.seq2seq), sources=data.extra[2]))
 
     def draw(self, data: PreparedData):
         return samples(data.stats)
+
+    def finish(self, trainer, recipe: Recipe) -> None:
+        write_predictions(trainer, recipe)
 
     def documents(self, recipe: Recipe) -> tuple[int, int]:
         train, held_out, _ = split_corpus(recipe, "seq2seq")
@@ -116,6 +119,7 @@ class Seq2SeqTask(Task):
         architecture = (read_json(run_dir, "data_stats.json") or {}).get("architecture", ENCODER_DECODER)
         base = resolve_pretrained(recipe.model, recipe.data.cache_dir)  # the data as its run encoded it
         data = prepare_seq2seq_data(dataclasses.replace(recipe, model=base), architecture)
+        held_out_sources(data)  # model inputs only
         tokenizer, model = _load(run_dir, recipe, architecture)
         trainer = build_seq2seq_trainer(recipe, model, tokenizer, data.train, data.eval,
                                         generation_metrics(tokenizer, metric_names(recipe.seq2seq),

@@ -108,9 +108,18 @@ def _build_seq2seq(recipe: Recipe, architecture: str) -> PreparedData:
     stats["architecture"] = architecture
     stats["samples"] = [{"source": r["source_text"], "target": r["target_text"]} for r in held_out.select(range(min(3, len(held_out))))]
     encoded = {n: encode_pairs(part, tokenizer, s2s, architecture, recipe.data.num_proc) for n, part in (("train", train), ("eval", held_out))}
+    # The held-out sources travel with their rows (cached with them) for predictions.jsonl; see held_out_sources.
+    encoded["eval"] = encoded["eval"].add_column("source_text", held_out["source_text"])
     stats.update(train_pairs=len(encoded["train"]), eval_pairs=len(encoded["eval"]), from_cache=False)
     logger.info("data: %d training and %d held-out pairs", len(encoded["train"]), len(encoded["eval"]))
     return PreparedData(encoded["train"], encoded["eval"], tokenizer, stats)
+
+
+def held_out_sources(data: PreparedData) -> list[str]:
+    """The held-out sources, taken off the evaluation rows (which then hold model inputs only)."""
+    sources = data.eval["source_text"]
+    data.eval = data.eval.remove_columns("source_text")
+    return sources
 
 
 def _pair_batches(ds: Dataset, size: int = 1000):

@@ -18,6 +18,7 @@ from toolkit.modeling import build_model, is_decoder_only, load_model_config, lo
 from toolkit.recipe import Recipe
 from toolkit.tasks.seq2seq.data import encode_prompts, special_ids
 from toolkit.tasks.seq2seq.section import DECODER_ONLY, ENCODER_DECODER, Seq2Seq, generation_settings
+from toolkit.tokenizer import decode_texts
 
 
 def model_architecture(recipe: Recipe) -> str:
@@ -116,4 +117,4 @@ def translate(model, tokenizer, spec: Seq2Seq, sources: list[str], synced_gpus: 
             out = continue_prompts(model, encode_prompts(tokenizer, spec, sources), special_ids(tokenizer)[2],
                                    synced_gpus)
     model.train(model_was_training)
-    return [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+    return decode_texts(tokenizer, out)

@@ -118,8 +118,9 @@ def check_generation(spec: Seq2Seq) -> None:
 
 def metric_options(spec: Seq2Seq) -> dict[str, dict]:
     """Each metric's language settings, from the target language: BLEU's tokenizer, ROUGE's tokenization."""
-    language = metrics.language_code(spec.target_lang)
-    return {"bleu": {"trg_lang": language, "tokenize": spec.bleu_tokenize}, "rouge": {"language": language}}
+    options = metrics.language_options(spec.target_lang)
+    options["bleu"]["tokenize"] = spec.bleu_tokenize
+    return options
 
 
 def check_metrics(spec: Seq2Seq) -> list[str]:

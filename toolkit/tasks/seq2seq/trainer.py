@@ -7,7 +7,9 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTraining
 
 from toolkit.data.packing import CausalCollator
 from toolkit.loss import IGNORE
+from toolkit.outputs import write_jsonl
 from toolkit.recipe import Recipe
+from toolkit.scoring import GenerationScores
 from toolkit.tasks.seq2seq.model import continue_prompts, translate
 from toolkit.training import FusedLoss, SafeTraining, finish_setup, fused_loss, is_sharded, trainer_keywords
 
@@ -24,6 +26,11 @@ class Seq2SeqLMTrainer(SafeTraining, FusedLoss, Seq2SeqTrainer):
     A decoder-only row holds prompt and target: its loss is taken on the whole row, and it
     generates from the prompt part alone, the tokens before the first learned label.
     """
+
+    def evaluate(self, *args, metric_key_prefix: str = "eval", **kwargs):
+        if isinstance(self.compute_metrics, GenerationScores):  # its texts are kept by evaluation
+            self.compute_metrics.prefix = metric_key_prefix
+        return super().evaluate(*args, metric_key_prefix=metric_key_prefix, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         if self.model.config.is_encoder_decoder or prediction_loss_only or not self.args.predict_with_generate:
@@ -78,3 +85,13 @@ def samples(stats: dict):
         return [{"prompt": p["source"], "completion": out, "reference": p["target"]} for p, out in zip(pairs, outputs)]
 
     return draw
+
+
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+def write_predictions(trainer, recipe: Recipe) -> None:
+    """Every held-out pair with what the model wrote before and after training: rescorable outside the toolkit
+    (`sacrebleu` on its reference and prediction fields gives the run's BLEU)."""
+    if trainer.is_world_process_zero() and isinstance(trainer.compute_metrics, GenerationScores):
+        write_jsonl(recipe.output_dir, PREDICTIONS_FILE, trainer.compute_metrics.rows())
