@@ -82,6 +82,12 @@ def test_a_bleu_tokenizer_this_machine_cannot_build_is_refused_before_any_work()
             check_metrics(Seq2Seq(target_lang="ja"))
 
 
+def test_a_language_is_read_from_a_locale_a_tag_or_its_english_name():
+    assert [metrics.language_code(x) for x in ("zh_CN", "zh-Hans", "ZH", "Chinese", "ja_JP.UTF-8", "de", None)] == [
+        "zh", "zh", "zh", "zh", "ja", "de", ""]
+    assert metric_options(Seq2Seq(target_lang="Chinese"))["bleu"] == {"trg_lang": "zh", "tokenize": None}
+
+
 def test_rouge_scores_chinese_by_character_and_english_as_rouge_score_does():
     rouge = metrics.load("rouge")
     same = rouge.compute(predictions=["北京大学图书馆"], references=["北京大学图书馆"], language="zh")

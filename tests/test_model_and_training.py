@@ -175,3 +175,12 @@ def test_auto_checkpointing_turns_on_when_the_step_would_not_fit_the_gpu(tmp_pat
     assert auto_checkpointing(recipe, model, arguments) == {"activation_checkpointing": False}
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     assert auto_checkpointing(explicit, model, arguments) == {}  # the user's choice stands
+
+
+def test_evaluation_keeps_the_rows_in_order_when_training_groups_by_length(tmp_path):
+    """group_by_length would regroup evaluation too; answers and sources are matched to rows by position."""
+    trainer = tiny_trainer(tmp_path, "training.train_sampling_strategy=group_by_length",
+                           "training.per_device_eval_batch_size=3")
+    rows = Dataset.from_dict({"input_ids": [[5 + i] * (2 + (i * 5) % 11) for i in range(12)]})  # lengths all over
+    seen = [row[0] for batch in trainer.get_eval_dataloader(rows) for row in batch["input_ids"].tolist()]
+    assert seen == [5 + i for i in range(12)]

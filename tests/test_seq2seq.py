@@ -72,15 +72,15 @@ def test_docstring_summaries_are_pep257_pairs():
         assert summary.endswith(".") and "\n" not in summary and len(body.split()) >= 30
 
 
-def translate_and_rescore(recipe: dict, tmp_path) -> tuple:
+def translate_and_rescore(recipe: dict, tmp_path, locale: str = "de", pair: str = "en-de") -> tuple:
     """Run the translation recipe, check its scores, rescore the saved model with recipes/evaluate.py --run.
 
     Rescored from disk, the model gives the run's own BLEU and chrF: what was saved is what was scored.
     """
     from toolkit.data.sources import LOCALE_DIR
 
-    if not (LOCALE_DIR / "de" / "LC_MESSAGES").is_dir():
-        pytest.skip("no German gettext catalogs on this machine")
+    if not (LOCALE_DIR / locale / "LC_MESSAGES").is_dir():
+        pytest.skip(f"no {locale} gettext catalogs on this machine")
     result = run([sys.executable, str(SEQ2SEQ), "--config", str(write_recipe(tmp_path, recipe))])
     assert result.returncode == 0, result.stderr[-3000:]
     out = Path(recipe["training"]["output_dir"])
@@ -93,25 +93,28 @@ def translate_and_rescore(recipe: dict, tmp_path) -> tuple:
     rescored = json.loads((tmp_path / "rescored" / "eval_results.json").read_text())
     assert rescored["eval_bleu"] == pytest.approx(scores["eval_bleu"], abs=1e-6)
     assert rescored["eval_chrf"] == pytest.approx(scores["eval_chrf"], abs=1e-6)
-    check_predictions_file(out, scores, tmp_path)
+    check_predictions_file(out, scores, tmp_path, pair)
     return result, out
 
 
-def check_predictions_file(out: Path, scores: dict, tmp_path: Path) -> None:
+def check_predictions_file(out: Path, scores: dict, tmp_path: Path, pair: str) -> None:
     """predictions.jsonl holds every scored pair, before and after; the sacrebleu command line on it
     (and recipes/evaluate.py) gives the run's own BLEU."""
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == json.loads((out / "data_stats.json").read_text())["eval_pairs"]
     assert all(set(r) == {"source", "reference", "prediction_before", "prediction"} and r["source"] for r in rows)
     for field, key in (("prediction", "eval_bleu"), ("prediction_before", "init_eval_bleu")):
-        (tmp_path / "hyp.txt").write_text("".join(r[field] + "\n" for r in rows), encoding="utf-8")
-        (tmp_path / "ref.txt").write_text("".join(r["reference"] + "\n" for r in rows), encoding="utf-8")
+        # One line each, as the command line reads them: a line break inside a message is a space to BLEU.
+        (tmp_path / "hyp.txt").write_text("".join(r[field].replace("\n", " ") + "\n" for r in rows), encoding="utf-8")
+        (tmp_path / "ref.txt").write_text("".join(r["reference"].replace("\n", " ") + "\n" for r in rows),
+                                          encoding="utf-8")
         cli = run([sys.executable, "-m", "sacrebleu", str(tmp_path / "ref.txt"), "-i", str(tmp_path / "hyp.txt"),
-                   "-l", "en-de", "-m", "bleu", "-b", "-w", "4"])
+                   "-l", pair, "-m", "bleu", "-b", "-w", "4"])
         assert cli.returncode == 0, cli.stderr
         assert float(cli.stdout) == pytest.approx(scores[key], abs=0.01), field
     again = run([sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--predictions", str(out / "predictions.jsonl"),
-                 "--metrics", "bleu", "chrf", "--target_lang", "de", "--output_dir", str(tmp_path / "from-file")])
+                 "--metrics", "bleu", "chrf", "--target_lang", pair.split("-")[1], "--output_dir",
+                 str(tmp_path / "from-file")])
     assert again.returncode == 0, again.stderr[-2000:]
     from_file = json.loads((tmp_path / "from-file" / "eval_results.json").read_text())
     assert from_file["eval_bleu"] == pytest.approx(scores["eval_bleu"], abs=1e-6)
@@ -231,6 +234,24 @@ def test_the_smollm2_recipe_adapts_the_real_pretrained_model_with_lora(smollm2, 
     assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
     merged = AutoModelForCausalLM.from_pretrained(out / "merged")
     assert merged.config.model_type == "llama" and "lora" not in " ".join(merged.state_dict())
+
+
+def test_the_english_to_chinese_recipe_scores_with_the_zh_tokenizer_as_sacrebleu_does(smollm2, tmp_path):
+    """translation-en-zh.yaml cut to two steps: its BLEU, before and after, equals `sacrebleu -l en-zh` on its
+    predictions.jsonl (translate_and_rescore), and the outputs are whole Chinese characters."""
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "seq2seq" / "translation-en-zh.yaml").read_text())
+    recipe["model"]["name_or_path"] = str(smollm2)
+    recipe["data"]["sources"][0]["limit"] = 300
+    recipe["data"]["cache_dir"] = str(tmp_path / "cache")
+    recipe["lora"]["merge"] = False
+    recipe["seq2seq"].update(eval_limit=6, max_new_tokens=12)
+    recipe["training"].update(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
+                              per_device_eval_batch_size=6, save_steps=2, report_to=[])
+    _, out = translate_and_rescore(recipe, tmp_path, locale="zh_CN", pair="en-zh")
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert not any("\ufffd" in r["prediction"] or "\ufffd" in r["prediction_before"] for r in rows)
 
 
 def test_decoder_only_prompts_keep_the_template_ending_when_the_source_is_cut():

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import torch
+from torch.utils.data import SequentialSampler
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from transformers import EarlyStoppingCallback
@@ -79,6 +80,14 @@ class SafeTraining:
             f" Lower training.learning_rate (now {self.args.learning_rate:g}) or set training.max_grad_norm{precision},"
             " then train into a new training.output_dir"
         )
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Held-out rows in their own order, always. Trainer's group_by_length also regroups evaluation,
+        and the scores that line predictions up with their examples (QA's windows, seq2seq's sources in
+        predictions.jsonl) would pair them with the wrong ones. (A private hook: no public one chooses it.)"""
+        if eval_dataset is None or self.args.world_size > 1:
+            return None  # several processes: accelerate shards the rows in order, as Trainer itself does
+        return SequentialSampler(eval_dataset)
 
     def _save_checkpoint(self, model, trial):
         self._stop_if_diverged(model)  # never a checkpoint of NaN weights

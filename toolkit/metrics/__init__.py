@@ -71,9 +71,14 @@ _CJK_CHARACTER = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4
                             r"\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f]")
 
 
+_LANGUAGE_NAMES = {"chinese": "zh", "japanese": "ja", "korean": "ko"}  # as prompts name them
+
+
 def language_code(language: str | None) -> str:
-    """A locale or language tag as the bare language: zh_CN, zh-Hans, ZH -> zh; None -> ''."""
-    return re.split(r"[_\-.@]", language or "")[0].lower()
+    """A locale, language tag or (English) language name as the bare language: zh_CN, zh-Hans, ZH, Chinese -> zh;
+    None -> ''."""
+    code = re.split(r"[_\-.@ ]", (language or "").strip())[0].lower()
+    return _LANGUAGE_NAMES.get(code, code)
 
 
 def language_options(language: str | None) -> dict[str, dict]:
