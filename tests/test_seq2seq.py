@@ -87,6 +87,10 @@ def translate_and_rescore(recipe: dict, tmp_path, locale: str = "de", pair: str 
     scores = json.loads((out / "eval_results.json").read_text())
     for key in ("init_eval_bleu", "init_eval_chrf", "eval_bleu", "eval_chrf"):
         assert 0 <= scores[key] <= 100, key
+    # The BLEU signature names the tokenizer the target language chose; it is saved and shown in the card.
+    tokenizer = "tok:zh" if pair.endswith("-zh") else "tok:13a"
+    assert tokenizer in scores["eval_bleu_signature"] and tokenizer in scores["init_eval_bleu_signature"]
+    assert f"BLEU signature (sacrebleu): `{scores['eval_bleu_signature']}`" in (out / "README.md").read_text()
     again = run([sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--run", str(out),
                  "--output_dir", str(tmp_path / "rescored")])
     assert again.returncode == 0, again.stderr[-3000:]

@@ -161,6 +161,8 @@ def _card_body(name, recipe, task, results, stats, info, everything, samples, fo
     if "eval_perplexity" in results:
         lines.append(f"| loss (nats per token) | {_fmt(results.get('init_eval_loss'))} | {_fmt(results.get('eval_loss'))} |")
         lines.append(f"| evaluation tokens | {results.get('init_eval_tokens', '')} | {results.get('eval_tokens', '')} |")
+    if results.get("eval_bleu_signature"):  # how BLEU was computed: its tokenizer decides the figure
+        lines += ["", f"BLEU signature (sacrebleu): `{results['eval_bleu_signature']}`"]
     lines.append("")
     if (folder / PLOT_FILE).is_file():
         lines += [f"![Training curves]({PLOT_FILE})", ""]

@@ -118,9 +118,10 @@ class GenerationScores:
     """A Trainer `compute_metrics` for generated token ids: decoded, then scored against the decoded labels.
 
     `options`: each metric's own settings by name (BLEU's target language, ROUGE's language).
-    Numbers only: the Trainer logs every value as a scalar, so the signatures stay out. The
-    texts of each evaluation are kept under `prefix` (the Trainer's metric_key_prefix, which
-    the trainer sets before it evaluates), so a run can write every prediction it scored.
+    Numbers only: the Trainer logs every value as a scalar, so the signatures (BLEU's, with its
+    tokenizer) are kept aside in `signatures`, as are the texts of each evaluation, under
+    `prefix` (the Trainer's metric_key_prefix, which the trainer sets before it evaluates), so a
+    run can save them beside its scores and write every prediction it scored.
     """
 
     def __init__(self, tokenizer, names: list[str], options: dict[str, dict] | None = None,
@@ -128,7 +129,7 @@ class GenerationScores:
         self.tokenizer, self.options, self.sources = tokenizer, options or {}, sources
         self.scorers = {name: metrics.load(name) for name in names}  # one by one: each takes its own options
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.prefix, self.texts = "eval", {}  # prefix -> (predictions, references)
+        self.prefix, self.texts, self.signatures = "eval", {}, {}  # prefix -> (predictions, references); -> {key: text}
 
     def __call__(self, eval_pred) -> dict[str, float]:
         predictions, labels = eval_pred.predictions, eval_pred.label_ids
@@ -142,6 +143,7 @@ class GenerationScores:
         scores = {}
         for name, metric in self.scorers.items():
             scores.update(metric.compute(predictions=decoded, references=refs, **self.options.get(name, {})))
+        self.signatures[self.prefix] = {k: v for k, v in scores.items() if k.endswith("_signature")}
         return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))}
 
 

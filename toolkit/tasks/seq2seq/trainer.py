@@ -28,9 +28,13 @@ class Seq2SeqLMTrainer(SafeTraining, FusedLoss, Seq2SeqTrainer):
     """
 
     def evaluate(self, *args, metric_key_prefix: str = "eval", **kwargs):
-        if isinstance(self.compute_metrics, GenerationScores):  # its texts are kept by evaluation
-            self.compute_metrics.prefix = metric_key_prefix
-        return super().evaluate(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+        scores = self.compute_metrics if isinstance(self.compute_metrics, GenerationScores) else None
+        if scores is not None:  # its texts are kept by evaluation
+            scores.prefix = metric_key_prefix
+        metrics = super().evaluate(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+        # After the Trainer logged the numbers: the signatures go with the results (eval_results.json, the card).
+        signatures = scores.signatures.get(metric_key_prefix, {}) if scores is not None else {}
+        return {**metrics, **{f"{metric_key_prefix}_{k}": v for k, v in signatures.items()}}
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         if self.model.config.is_encoder_decoder or prediction_loss_only or not self.args.predict_with_generate:
