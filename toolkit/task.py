@@ -12,24 +12,11 @@ line in the registry.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.budget import PlanModel
 from toolkit.data.prepare import PreparedData
 from toolkit.errors import ToolkitError
-
-
-@dataclass
-class PlanModel:
-    """The model as `toolkit plan` sizes it: built on the meta device (shapes, no weights)."""
-
-    model: object  # the task's model class, on the meta device
-    source: str  # "from config", a folder, a GGUF file, "warm-started from ..."
-    layers: int  # transformer layers that see every token (encoder plus decoder)
-    hidden_size: int
-    heads: int
-    vocab_size: int
-    max_positions: tuple[int | None, str | None]  # the model's limit and the config key that sets it
 
 
 class Task(ABC):
