@@ -22,6 +22,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 from toolkit import metrics, scoring  # noqa: E402
 from toolkit.console import summary  # noqa: E402
 from toolkit.errors import ToolkitError, exit_on_user_error  # noqa: E402
+from toolkit.outputs import check_not_a_run  # noqa: E402
 from toolkit.tasks import rescore_run  # noqa: E402
 
 
@@ -58,9 +59,7 @@ def parse_args(argv):
         raise ToolkitError("--predictions needs --references (or is a seq2seq run's predictions.jsonl)")
     if args.model and not args.data:
         raise ToolkitError("--model needs --data: a built-in corpus name or data files")
-    if args.model and Path(args.output_dir).expanduser().resolve() == Path(args.model).expanduser().resolve():
-        raise ToolkitError("--output_dir is the model folder, whose eval_results.json holds its training run's results;"
-                           " choose another folder")
+    check_not_a_run(Path(args.output_dir).expanduser())  # a run's, a model's or an unwritable folder: refused
     for name in args.metrics:
         metrics.path(name)  # an unknown name stops here, with a did-you-mean
         if args.predictions and name not in metrics.TEXT_METRICS:
@@ -78,9 +77,6 @@ def score_texts(args) -> dict:
 
 
 def score_run(args) -> dict:
-    if Path(args.output_dir).expanduser().resolve() == Path(args.run).expanduser().resolve():
-        raise ToolkitError("--output_dir is the run's folder, whose eval_results.json holds its own results;"
-                           " choose another folder")
     scores = rescore_run(args.run)
     return {k.removeprefix("eval_"): v for k, v in scores.items()
             if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second", "_model_preparation_time"))}

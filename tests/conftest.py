@@ -70,8 +70,8 @@ def main_here(capsys, monkeypatch):
         monkeypatch.setattr(logging.getLogger("toolkit"), "handlers", [])
         # What the toolkit leaves for the process's exit (the output folder's lock) runs when main ends.
         at_exit, register = [], atexit.register
-        monkeypatch.setattr(atexit, "register", lambda f, *a: at_exit.append((f, a)) if getattr(
-            f, "__module__", "").startswith("toolkit") else register(f, *a))
+        monkeypatch.setattr(atexit, "register", lambda f, *a: at_exit.append((f, a)) if (getattr(
+            f, "__module__", None) or "").startswith("toolkit") else register(f, *a))
         try:
             main(list(args))
             code = 0

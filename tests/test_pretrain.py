@@ -20,7 +20,8 @@ def finished_run(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("run")
     recipe = copy.deepcopy(TINY_RECIPE)
-    recipe["training"].update(output_dir=str(folder / "out"), hub_token="hf_NEVERWRITTEN123")
+    recipe["training"].update(output_dir=str(folder / "out"))
+    recipe["hub"] = {"token": "hf_NEVERWRITTEN123"}
     recipe["data"]["cache_dir"] = str(folder / "cache")
     path = write_recipe(folder, recipe)
     result = run_pretrain("--config", str(path), "evaluation.max_new_tokens=8")

@@ -37,7 +37,8 @@ def test_ci_script_fails_when_pytest_collects_nothing(tmp_path):
 @pytest.mark.parametrize(
     "name, kind, processes",
     [("cpu.yaml", "NO", 1), ("cpu_2proc.yaml", "MULTI_GPU", 2), ("gpu.yaml", "NO", 1),
-     ("multi_gpu.yaml", "MULTI_GPU", 8), ("fsdp.yaml", "FSDP", 8), ("multi_node.yaml", "MULTI_GPU", 16)],
+     ("multi_gpu.yaml", "MULTI_GPU", 8), ("fsdp.yaml", "FSDP", 8), ("multi_node.yaml", "MULTI_GPU", 16),
+     ("cpu_2machines.yaml", "MULTI_GPU", 2)],
 )
 def test_accelerate_configs_load_with_accelerate(name, kind, processes):
     from accelerate.commands.config.config_args import load_config_from_file
@@ -50,6 +51,8 @@ def test_accelerate_configs_load_with_accelerate(name, kind, processes):
         assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     if name == "cpu.yaml":
         assert config.use_cpu is True
+    if name in ("multi_node.yaml", "cpu_2machines.yaml"):  # torchrun's static rendezvous at the main machine
+        assert config.num_machines == 2 and config.rdzv_backend == "static" and config.same_network is True
     raw = yaml.safe_load((CONFIGS / name).read_text())
     assert raw["compute_environment"] == "LOCAL_MACHINE"
 

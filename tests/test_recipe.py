@@ -106,13 +106,36 @@ def test_cross_key_rules_are_checked_up_front():
 
 
 def test_saved_recipe_is_resolved_and_holds_no_secrets():
-    recipe = load_recipe(None, ["training.hub_token=hf_secret123", "hub.token=hf_other456", "training.max_steps=7"], default=DEFAULT)
+    recipe = load_recipe(None, ["hub.token=hf_other456", "training.max_steps=7"], default=DEFAULT)
     text = recipe.to_yaml()
-    assert "hf_secret123" not in text and "hf_other456" not in text
+    assert "hf_other456" not in text
     saved = yaml.safe_load(text)
     assert saved["training"]["max_steps"] == 7
-    assert "hub_token" not in saved["training"] and "token" not in saved["hub"]
+    assert "token" not in saved["hub"]
     assert recipe.to_dict(secrets=True)["hub"]["token"] == "hf_other456"
+
+
+@pytest.mark.parametrize("key,value,instead", [("push_to_hub", "true", "hub.push"), ("hub_model_id", "me/x", "hub.model_id"),
+                                               ("hub_token", "hf_secret123", "hub.token"), ("hub_private_repo", "false", "hub.private"),
+                                               ("hub_strategy", "every_save", "hub.strategy")])
+def test_the_trainers_own_hub_keys_are_refused_with_a_pointer_to_the_hub_section(key, value, instead):
+    # With them the Trainer would push by itself, public by default, past the toolkit's allowlist.
+    with pytest.raises(ToolkitError) as err:
+        load_recipe(None, [f"training.{key}={value}"], default=DEFAULT)
+    assert f"training.{key} is not used" in str(err.value) and instead in str(err.value)
+    assert value not in str(err.value)  # a token is never echoed
+
+
+def test_output_dir_is_resolved_once_in_the_recipe(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RUNS", str(tmp_path / "runs"))
+    assert load_recipe(None, ["training.output_dir=~/runs/x"], default=DEFAULT).output_dir == tmp_path / "runs" / "x"
+    assert load_recipe(None, ["training.output_dir=$RUNS/y"], default=DEFAULT).training["output_dir"] == str(tmp_path / "runs" / "y")
+    monkeypatch.delenv("RUNS")
+    with pytest.raises(ToolkitError, match=r"uses \$RUNS, which is not set"):
+        load_recipe(None, ["training.output_dir=$RUNS/y"], default=DEFAULT)
+    with pytest.raises(ToolkitError, match="training.output_dir is empty"):
+        load_recipe(None, ["training.output_dir="], default=DEFAULT)
 
 
 @pytest.mark.parametrize("override", ["training.prediction_loss_only=true", "training.batch_eval_metrics=true",

@@ -86,7 +86,7 @@ def test_a_qa_recipe_at_every_qa_default_is_validated_rescored_and_carded_as_qa(
     from transformers import AutoModelForQuestionAnswering, BertConfig
 
     from toolkit.modeling import locate_pretrained
-    from toolkit.outputs import FINAL_FILE
+    from toolkit.outputs import FINAL_FILE, RESULTS_FILE
     from toolkit.tasks import rescore_run
     from toolkit.tasks.qa.section import QA
 
@@ -115,7 +115,8 @@ def test_a_qa_recipe_at_every_qa_default_is_validated_rescored_and_carded_as_qa(
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
     scores = rescore_run(run_dir)
     assert {"eval_exact_match", "eval_f1"} <= set(scores) and "eval_perplexity" not in scores
-    (run_dir / FINAL_FILE).write_text(json.dumps({k: v for k, v in scores.items() if k in ("eval_exact_match", "eval_f1")}))
+    for name in (RESULTS_FILE, FINAL_FILE):  # what a finished run holds: every result, then the scores
+        (run_dir / name).write_text(json.dumps({k: v for k, v in scores.items() if k in ("eval_exact_match", "eval_f1")}))
 
     reported = toolkit_here("report", str(run_dir))
     assert reported.returncode == 0, reported.stderr

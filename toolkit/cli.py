@@ -5,7 +5,7 @@
     toolkit generate MODEL_DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--chat]
     toolkit report RUN_DIR
     toolkit push RUN_DIR --repo-id NAMESPACE/NAME [--public]
-    toolkit launch ACCELERATE_CONFIG SCRIPT [recipe arguments ...]
+    toolkit launch ACCELERATE_CONFIG [--machine_rank R ...] SCRIPT [recipe arguments ...]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from toolkit.errors import ToolkitError, exit_on_user_error, first_line
-from toolkit.launch import launch
+from toolkit.launch import LAUNCH_OPTIONS, launch
 from toolkit.outputs import RECIPE_FILE, check_output_dir
 from toolkit.plan import format_plan, plan
 from toolkit.publish import check_model_id, check_run_dir, plot_training, push_folder, write_model_card
@@ -27,7 +27,8 @@ def validate(recipe) -> list[str]:
     """Every check the recipe's script makes before its expensive work; returns what was checked."""
     done = [f"task {recipe.task}", *TASKS[recipe.task].check(recipe)]
     state = check_output_dir(recipe, lock=False)  # reads only
-    done.append("resumes " + state.resume_from if state.resume_from else ("already finished" if state.finished else "new run"))
+    done.append("resumes " + state.resume_from if state.resume_from else "already finished" if state.finished
+                else "model and results saved; a rerun writes the plot and card" if state.saved else "new run")
     return done
 
 
@@ -88,7 +89,7 @@ def cmd_push(args) -> None:
 
 
 def cmd_launch(args) -> None:
-    launch(args.config_file, args.script, args.args)
+    launch(args.config_file, args.script, args.args, {key: getattr(args, key) for key in LAUNCH_OPTIONS})
 
 
 def parser() -> argparse.ArgumentParser:
@@ -121,6 +122,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--public", action="store_true", help="a public repository (default: private)")
     la = sub.add_parser("launch", help="accelerate launch, with the accelerate config checked first")
     la.add_argument("config_file", help="an accelerate config, e.g. accelerate_configs/multi_gpu.yaml")
+    for key, kind in LAUNCH_OPTIONS.items():  # before SCRIPT; each overrides the config's key
+        la.add_argument(f"--{key}", type=kind, help=f"accelerate launch --{key}")
     la.add_argument("script", help="e.g. recipes/pretrain.py")
     la.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
     return p

@@ -1,29 +1,37 @@
-"""`toolkit launch`: `accelerate launch` with its config file checked first.
+"""`toolkit launch`: `accelerate launch` with its config file checked first, and a failed process told in one line.
 
 accelerate answers a missing config file, an unknown `distributed_type` or a DeepSpeed
-config without `deepspeed` installed with a traceback. These checks turn each into one
-line that names the fix, then hand over to `accelerate launch` unchanged.
+config without `deepspeed` installed with a traceback, and a process of the run that dies
+with two more (torchrun's and its own). These checks turn each into one line that names
+the fix; the launch itself is accelerate's, run in this process as `accelerate launch` runs it.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.util
-import os
-import shutil
+import logging
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from accelerate.commands.launch import launch_command, launch_command_parser
 from accelerate.utils import DistributedType
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from toolkit.errors import ToolkitError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "accelerate_configs"
 
+# `toolkit launch` options passed on to `accelerate launch` (each overrides the config's key of that name).
+LAUNCH_OPTIONS = {"num_processes": int, "num_machines": int, "machine_rank": int,
+                  "main_process_ip": str, "main_process_port": int}
 
-def check_launch_config(path: str | Path) -> dict:
-    """The parsed config, or a ToolkitError naming what is wrong with it."""
+
+def check_launch_config(path: str | Path, overrides: dict | None = None) -> dict:
+    """The parsed config with `overrides` applied, or a ToolkitError naming what is wrong with it."""
     path = Path(path)
     if not path.is_file():
         shipped = ", ".join(sorted(p.name for p in CONFIGS.glob("*.yaml"))) if CONFIGS.is_dir() else ""
@@ -37,6 +45,7 @@ def check_launch_config(path: str | Path) -> dict:
         raise ToolkitError(f"{path}{where}: YAML syntax error; fix the file") from None
     if not isinstance(config, dict):
         raise ToolkitError(f"{path}: an accelerate config is a mapping of keys (distributed_type, num_processes, ...)")
+    config.update({k: v for k, v in (overrides or {}).items() if v is not None})
     kind = str(config.get("distributed_type", "NO"))
     known = [t.value for t in DistributedType]
     if kind not in known:
@@ -50,16 +59,53 @@ def check_launch_config(path: str | Path) -> dict:
         value = config.get(key, 1)
         if not isinstance(value, int) or value < 1:
             raise ToolkitError(f"{path}: {key} must be a whole number of at least 1, got {value!r}")
+    machines, rank = config.get("num_machines", 1), config.get("machine_rank", 0)
+    if not isinstance(rank, int) or not 0 <= rank < machines:
+        raise ToolkitError(f"{path}: machine_rank must be 0 to {machines - 1} (num_machines {machines}), got {rank!r}")
+    if config["num_processes"] % machines:
+        raise ToolkitError(f"{path}: num_processes ({config['num_processes']}) counts the processes of all"
+                           f" {machines} machines and must divide evenly among them")
+    if machines > 1 and not config.get("main_process_ip"):
+        raise ToolkitError(f"{path}: num_machines is {machines}, so main_process_ip (the address of the machine"
+                           " of rank 0, reachable from the others) is needed: set it or pass --main_process_ip")
     return config
 
 
-def launch(config_file: str, script: str, args: list[str]) -> None:
-    """Check the config and the script, then become `accelerate launch --config_file CONFIG SCRIPT ARGS`."""
-    check_launch_config(config_file)
+def launch(config_file: str, script: str, args: list[str], options: dict | None = None) -> None:
+    """Check the config and the script, then run `accelerate launch --config_file CONFIG [OPTIONS] SCRIPT ARGS`."""
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    check_launch_config(config_file, options)
     if not Path(script).is_file():
         raise ToolkitError(f"script not found: {script} (e.g. recipes/pretrain.py)")
-    accelerate = shutil.which("accelerate")
-    command = [accelerate] if accelerate else [sys.executable, "-m", "accelerate.commands.accelerate_cli"]
-    command += ["launch", "--config_file", str(config_file), script, *args]
+    command = ["--config_file", str(config_file)]
+    for key, value in options.items():
+        command += [f"--{key}", str(value)]
+    parsed = launch_command_parser().parse_args([*command, script, *args])
+    # torchrun logs each failed process at ERROR level with its own banner; the line below says it once.
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     sys.stdout.flush()
-    os.execv(command[0], command)
+    try:
+        launch_command(parsed)
+    except ChildFailedError as err:  # torchrun: several processes, one machine or many
+        rank, failure = err.get_first_failure()
+        sys.exit(_failed(f"process rank {rank} (pid {failure.pid})", failure.exitcode))
+    except subprocess.CalledProcessError as err:  # one process, started by accelerate itself
+        sys.exit(_failed("the process", err.returncode))
+
+
+def _failed(who: str, status: int) -> int:
+    """The launcher's exit status for a failed process; one line when nothing else will say why.
+
+    A process that exited with a status said why itself (the toolkit's one line, or its
+    traceback); one killed by a signal could not, so the line is said here.
+    """
+    if status >= 0:
+        return status or 1
+    try:
+        name = signal.Signals(-status).name
+    except ValueError:
+        name = f"signal {-status}"
+    sys.stdout.flush()
+    print(f"error: {who} was killed by {name} and the run stopped; run the same command again"
+          " (on every machine) to resume from the last complete checkpoint", file=sys.stderr, flush=True)
+    return 128 - status

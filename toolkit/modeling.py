@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -42,7 +43,11 @@ def load_model_config(spec: Model):
             _need_gguf()
         try:
             config = AutoConfig.from_pretrained(str(path.parent) if where else name, revision=spec.revision, **where)
-        except (OSError, ValueError) as err:
+        except Exception as err:
+            if where:
+                raise unreadable_gguf(path, err) from None
+            if not isinstance(err, (OSError, ValueError)):
+                raise
             raise ToolkitError(f"could not load model {spec.name_or_path!r}: {first_line(err)} (check model.name_or_path)") from None
     else:
         if spec.model_type not in CONFIG_MAPPING:
@@ -200,6 +205,14 @@ def _need_gguf() -> None:
         raise ToolkitError("reading a GGUF file needs the gguf package: pip install gguf")
 
 
+def unreadable_gguf(path: Path, err: Exception) -> ToolkitError:
+    """A GGUF file the reader fails on: cut short by a download, damaged, or of an architecture it lacks.
+    The reader says so with struct, reshape or key errors; the user hears which file and what to do."""
+    return ToolkitError(f"{path} is not a GGUF file that can be read ({type(err).__name__}: {first_line(err)});"
+                        " if it was cut short or damaged, download it again, else point model.name_or_path at a model"
+                        " folder or another .gguf file")
+
+
 def _convert_gguf(path: Path, cache: Path) -> Path:
     """Dequantise a GGUF file once into a plain model folder (safetensors), which all later steps load."""
     stat = path.stat()
@@ -209,8 +222,11 @@ def _convert_gguf(path: Path, cache: Path) -> Path:
         return folder
     _need_gguf()
     logger.info("model: converting %s to safetensors (once; cached in %s)", path.name, folder)
-    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except Exception as err:
+        raise unreadable_gguf(path, err) from None
     # save_pretrained refuses a GGUF-loaded model: move its weights into a plain one.
     config = loaded.config
     for attr in ("quantization_config", "_pre_quantization_dtype"):  # dequantised now: plain float weights
@@ -219,11 +235,20 @@ def _convert_gguf(path: Path, cache: Path) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, folder)
+    # A temporary folder of its own, renamed into place in one step: two runs converting the
+    # same file at once each write their own, and the first rename wins (the copies are equal).
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{folder.name}-"))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

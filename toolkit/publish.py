@@ -7,8 +7,11 @@ and `toolkit push` can redo it later for any finished run.
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import logging
+import os
+import time
 from pathlib import Path
 
 import yaml
@@ -16,25 +19,52 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import TrainerCallback
 
 from toolkit.errors import ToolkitError, first_line
-from toolkit.outputs import FINAL_FILE, RECIPE_FILE, read_json
+from toolkit.outputs import FINAL_FILE, PUSHED_FILE, RECIPE_FILE, RESULTS_FILE, read_json, write_atomic, write_json
 
 logger = logging.getLogger("toolkit")
 
 PLOT_FILE = "training_curves.png"
 CARD_FILE = "README.md"
 
-# What a pushed repository holds: the model, its tokenizer, the card and the run's record.
-# Checkpoints, TensorBoard logs and pickled arguments stay local.
-PUSHED = ["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "README.md", "recipe.yaml", PLOT_FILE,
-          "merged/*"]
-NOT_PUSHED = ["checkpoint-*", "runs/*", "*.bin", "*.pt", "*.pth", ".*"]
+# What a pushed repository holds, matched name by name (never across a '/'): the model, its
+# tokenizer, the card and the run's record (numbers, no text of the data). Everything else
+# stays local: checkpoints, logs, pickles, hidden files, any other folder, and every symlink.
+MODEL_FILES = ["*.safetensors", "config.json", "generation_config.json", "adapter_config.json", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
+               "merges.txt", "*.model", "chat_template.jinja", "chat_template.json"]
+RECORD_FILES = ["README.md", RECIPE_FILE, "training_curves.png", FINAL_FILE, RESULTS_FILE, "run_info.json",
+                "trainer_state.json"]
+# Files that hold text of the data (held-out sources, references, answers): pushed only with
+# hub.include_samples: true.
+SAMPLE_FILES = ["samples.json", "samples_before.json", "predictions.json", "predictions.jsonl", "data_stats.json"]
+PUSHED_FOLDERS = {"merged": MODEL_FILES}  # the LoRA run's merged model
 
 
-def check_run_dir(folder: Path) -> Path:
+def check_run_dir(folder: Path, finished: bool = True) -> Path:
+    """A run folder: finished (its eval_results.json written) or, with finished=False, at least saved
+    (model and all_results.json), which is all that a card and a plot need."""
     folder = Path(folder)
-    if not (folder / RECIPE_FILE).is_file() or not (folder / FINAL_FILE).is_file():
-        raise ToolkitError(f"{folder} is no finished toolkit run (no {RECIPE_FILE} and {FINAL_FILE} there)")
+    marker = FINAL_FILE if finished else RESULTS_FILE
+    if not (folder / RECIPE_FILE).is_file() or not (folder / marker).is_file():
+        raise ToolkitError(f"{folder} is no {'finished ' if finished else ''}toolkit run (no {RECIPE_FILE} and"
+                           f" {marker} there)")
+    read_json(folder, marker)  # a damaged one is refused here, in one line
     return folder
+
+
+def final_results(results: dict) -> dict:
+    """eval_results.json from every result: the scores, before and after, without timings."""
+    timings = ("_runtime", "_per_second", "_model_preparation_time")
+    return {k: v for k, v in results.items() if "eval_" in k and not k.endswith(timings)}
+
+
+def complete_run(folder: Path, task) -> None:
+    """What a run writes once its model and results are saved: the plot, the card, and last the
+    file that marks it finished. A rerun after a failure here (a full disk) does only this."""
+    folder = check_run_dir(folder, finished=False)
+    plot_training(folder)
+    write_model_card(folder, task)
+    write_json(folder, FINAL_FILE, final_results(read_json(folder, RESULTS_FILE)))
 
 
 # --------------------------------------------------------------------------- plots
@@ -53,10 +83,10 @@ def plot_training(folder: Path) -> Path | None:
     history = state["log_history"]
     series = {
         key: [(h["step"], h[key]) for h in history if key in h and "step" in h]
-        for key in ("loss", "eval_loss", "eval_perplexity", "learning_rate")
+        for key in ("loss", "eval_loss", "eval_perplexity", "learning_rate", "eval_reward_margin", "eval_reward_accuracy")
     }
     init = read_json(folder, "init_eval_results.json") or {}
-    for key in ("eval_loss", "eval_perplexity"):
+    for key in ("eval_loss", "eval_perplexity", "eval_reward_margin", "eval_reward_accuracy"):
         if f"init_{key}" in init:
             series[key].insert(0, (0, init[f"init_{key}"]))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -70,16 +100,21 @@ def plot_training(folder: Path) -> Path | None:
         ppl_ax.plot(*zip(*series["eval_perplexity"]), marker="o")
         ppl_ax.set_yscale("log")
     ppl_ax.set(title="Evaluation perplexity", xlabel="step")
+    if series["eval_reward_margin"] and not series["eval_perplexity"]:  # a preference run: its held-out rewards
+        for key, label in (("eval_reward_margin", "reward margin"), ("eval_reward_accuracy", "reward accuracy")):
+            ppl_ax.plot(*zip(*series[key]), marker="o", label=label)
+        ppl_ax.set(title="Held-out reward margin and accuracy")
+        ppl_ax.legend()
     if series["learning_rate"]:
         lr_ax.plot(*zip(*series["learning_rate"]))
     lr_ax.set(title="Learning rate", xlabel="step")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(folder) / PLOT_FILE
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return write_atomic(Path(folder) / PLOT_FILE, png.getvalue())
 
 
 # --------------------------------------------------------------------------- model card
@@ -88,12 +123,12 @@ def plot_training(folder: Path) -> Path | None:
 def write_model_card(folder: Path, task) -> Path:
     """README.md in the Hub's format: metadata (with model-index) and a description of the run.
     `task`: the run's Task, which names its pipeline tag, model-index task and metrics."""
-    folder = check_run_dir(folder)
-    recipe = yaml.safe_load((folder / RECIPE_FILE).read_text())
-    results = read_json(folder, FINAL_FILE) or {}
+    folder = check_run_dir(folder, finished=False)
+    recipe = yaml.safe_load((folder / RECIPE_FILE).read_text(encoding="utf-8"))
+    everything = read_json(folder, RESULTS_FILE)
+    results = final_results(everything)  # what eval_results.json holds (or will, once the card is written)
     stats = read_json(folder, "data_stats.json") or {}
     info = read_json(folder, "run_info.json") or {}
-    everything = read_json(folder, "all_results.json") or {}
     samples = read_json(folder, "samples.json") or []
     hub = recipe.get("hub", {})
     model, lora = recipe.get("model", {}), recipe.get("lora", {})
@@ -126,9 +161,7 @@ def write_model_card(folder: Path, task) -> Path:
     )
     body = _card_body(name, recipe, task, results, stats, info, everything, samples, folder)
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-    path = folder / CARD_FILE
-    card.save(path)
-    return path
+    return write_atomic(folder / CARD_FILE, str(card))
 
 
 def _source_name(source: dict) -> str:
@@ -201,6 +234,11 @@ def _card_body(name, recipe, task, results, stats, info, everything, samples, fo
         lines.append(f"- model FLOPs utilisation: {100 * everything['mfu']:.1f}%")
     lines += ["", "The full recipe, as run:", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).strip(), "```", ""]
 
+    # Samples drawn from the held-out data (seq2seq sources, QA questions) are data text: shown
+    # only with hub.include_samples; those written for the recipe's own prompts always.
+    own_prompts = set((recipe.get("evaluation") or {}).get("sample_prompts") or [])
+    if not (recipe.get("hub") or {}).get("include_samples"):
+        samples = [s for s in samples if s.get("prompt") in own_prompts]
     if samples:
         lines += ["## Samples", ""]
         for s in samples[:3]:
@@ -226,15 +264,25 @@ def _fmt(value) -> str:
 # --------------------------------------------------------------------------- push
 
 
-def files_to_push(folder: Path) -> list[str]:
-    """The relative paths a push uploads, in order."""
+def files_to_push(folder: Path, include_samples: bool | None = None) -> list[str]:
+    """The relative paths a push uploads, in order: allowlisted names at the top and in `merged/`.
+    `include_samples`: also the files that hold data text; by default as the run's recipe says."""
+    folder = Path(folder)
+    if include_samples is None:
+        recipe = yaml.safe_load((folder / RECIPE_FILE).read_text(encoding="utf-8")) if (folder / RECIPE_FILE).is_file() else {}
+        include_samples = bool(((recipe or {}).get("hub") or {}).get("include_samples"))
+    allowed = {"": MODEL_FILES + RECORD_FILES + (SAMPLE_FILES if include_samples else []), **PUSHED_FOLDERS}
     out = []
-    for path in sorted(Path(folder).rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_file() and any(fnmatch.fnmatch(rel, p) for p in PUSHED) and not any(
-            fnmatch.fnmatch(rel, p) or rel.startswith(p.rstrip("*")) for p in NOT_PUSHED
-        ):
-            out.append(rel)
+    for sub, patterns in allowed.items():
+        where = folder / sub
+        if sub and (where.is_symlink() or not where.is_dir()):
+            continue
+        for entry in sorted(os.scandir(where), key=lambda e: e.name):
+            # A symlink could point anywhere (a token file, another folder): never followed.
+            if entry.name.startswith(".") or entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+                continue
+            if any(fnmatch.fnmatchcase(entry.name, p) for p in patterns):
+                out.append(f"{sub}/{entry.name}" if sub else entry.name)
     return out
 
 
@@ -251,9 +299,14 @@ def push_folder(folder: Path, model_id: str, private: bool = True, token: str | 
     check_model_id(model_id)
     api = HfApi(token=token)
     api.create_repo(model_id, private=private, exist_ok=True)
-    api.upload_folder(repo_id=model_id, folder_path=str(folder), allow_patterns=files_to_push(folder),
+    # Exact paths as patterns ([ and ] escaped): the upload holds this list and nothing else.
+    exact = [name.replace("[", "[[]") for name in files_to_push(folder)]
+    api.upload_folder(repo_id=model_id, folder_path=str(folder), allow_patterns=exact,
                       commit_message="Upload model trained with toolkit")
-    return f"https://huggingface.co/{model_id}"
+    url = f"https://huggingface.co/{model_id}"
+    if (Path(folder) / RECIPE_FILE).is_file():  # a run (not a checkpoint): a rerun need not push again
+        write_json(folder, PUSHED_FILE, {"model_id": model_id, "url": url, "private": private, "time": time.time()})
+    return url
 
 
 class PushEverySave(TrainerCallback):
@@ -271,20 +324,27 @@ class PushEverySave(TrainerCallback):
         hub = self.recipe.hub
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         try:
-            push_folder(checkpoint, hub.model_id, hub.private, hub.token or self.recipe.training.get("hub_token"))
+            push_folder(checkpoint, hub.model_id, hub.private, hub.token)
         except Exception as err:
             logger.warning("push of %s to %s failed: %s; training goes on", checkpoint.name, hub.model_id, first_line(err))
+
+
+def pushed(recipe) -> bool:
+    """This run's folder was pushed to the recipe's hub.model_id already."""
+    record = read_json(recipe.output_dir, PUSHED_FILE) or {}
+    return record.get("model_id") == recipe.hub.model_id
 
 
 def push_run(recipe) -> str:
     """Push a finished run as its recipe says; on failure, say how to push later.
 
-    The model is already saved locally, so a failed push costs nothing but a retry.
+    The model is already saved locally, so a failed push costs nothing but a retry: rerunning
+    the recipe pushes again (see toolkit/run.py), as does `toolkit push`.
     """
     hub, folder = recipe.hub, recipe.output_dir
     later = f"toolkit push {folder} --repo-id {hub.model_id}"
     try:
-        return push_folder(folder, hub.model_id, hub.private, hub.token or recipe.training.get("hub_token"))
+        return push_folder(folder, hub.model_id, hub.private, hub.token)
     except Exception as err:  # no token, no network, no rights: the model stays saved locally
         logger.error("push to %s failed: %s; the model is saved in %s; push it later with: %s",
                      hub.model_id, first_line(err), folder, later)

@@ -16,8 +16,8 @@ from toolkit.budget import flops_per_token, gpu_in_device_name
 from toolkit.console import setup_logging, summary
 from toolkit.data.prepare import PreparedData
 from toolkit.modeling import count_parameters
-from toolkit.outputs import FINAL_FILE, check_output_dir, read_json, write_json, write_recipe
-from toolkit.publish import plot_training, push_run, write_model_card
+from toolkit.outputs import RESULTS_FILE, check_output_dir, read_json, write_json, write_recipe
+from toolkit.publish import complete_run, push_run, pushed
 from toolkit.recipe import Recipe, load_recipe, parse_command_line
 from toolkit.task import Task
 from toolkit.throughput import peak_memory_bytes
@@ -45,7 +45,20 @@ def start_run(argv: list[str] | None, default_recipe, tasks: dict[str, Task], ta
     config, overrides = parse_command_line(sys.argv[1:] if argv is None else argv)
     recipe = load_recipe(config, overrides, default=default_recipe, tasks=tasks, task=task)
     found = check_output_dir(recipe, lock=state.is_main_process)
-    return RunStart(recipe, tasks[task], state, found.resume_from, found.finished, started)
+    if (found.saved or found.finished) and state.is_main_process:
+        _complete(recipe, tasks[task], found.saved)
+    return RunStart(recipe, tasks[task], state, found.resume_from, found.finished or found.saved, started)
+
+
+def _complete(recipe: Recipe, task: Task, saved: bool) -> None:
+    """A rerun of a run whose last steps failed (a full disk, the network) does only those:
+    the plot, card and finish marker of a saved run, and a push the recipe asked for."""
+    out = recipe.output_dir
+    if saved:
+        complete_run(out, task)
+        print(f"[toolkit] run completed: plot, model card and results written in {out}", flush=True)
+    if recipe.hub.push and not pushed(recipe):
+        print(f"[toolkit] pushing {out} to {recipe.hub.model_id}: {push_run(recipe)}", flush=True)
 
 
 INIT_EVAL_FILE = "init_eval_results.json"
@@ -183,7 +196,6 @@ def _write_results(trainer, recipe: Recipe, task: Task, data_stats: dict, result
         results["train_tokens_seen"] = int(tokens)
         results["train_tokens_per_second"] = round(tokens / results["train_runtime"], 1)
         results.update(utilisation(trainer, task.sequence_length(recipe)[0], tokens / results["train_runtime"]))
-    write_json(out, "all_results.json", results)
     write_json(out, "data_stats.json", data_stats)
     write_json(out, "samples.json", written)
     write_json(out, "run_info.json", {
@@ -197,10 +209,8 @@ def _write_results(trainer, recipe: Recipe, task: Task, data_stats: dict, result
         "peak_memory_gib": round((peak_memory_bytes() or 0) / 2**30, 3),  # GPU allocated, or host resident set
         "fast_path": fast_path(trainer, recipe, data_stats),
     })
-    timings = ("_runtime", "_per_second", "_model_preparation_time")
-    write_json(out, FINAL_FILE, {k: v for k, v in results.items() if "eval_" in k and not k.endswith(timings)})
-    plot_training(out)
-    write_model_card(out, task)  # after the adapter's own README, which it replaces
+    write_json(out, RESULTS_FILE, results)  # model and every result saved: a rerun only completes the rest
+    complete_run(out, task)  # plot, card (after the adapter's own README, which it replaces), then finished
     lines = {"model": out.resolve()}
     for name in task.metrics:  # perplexity for language models; BLEU, chrF, ROUGE, EM, F1 for the tasks
         if f"eval_{name}" in results:

@@ -46,9 +46,9 @@ def load_pretrained_tokenizer(name: str, spec: Tokenizer | None = None, revision
 
 def train_bpe(texts: Iterable[str], spec: Tokenizer, length: int | None = None):
     """Train a byte-level BPE (GPT-2 style: no unknown tokens, any byte sequence encodes)."""
-    specials = list(dict.fromkeys([spec.bos_token, spec.eos_token, spec.pad_token]))
-    if spec.vocab_size < 256 + len(specials):
-        raise ToolkitError(f"tokenizer.vocab_size must be at least {256 + len(specials)} (256 bytes + special tokens)")
+    specials = spec.special_tokens
+    if spec.vocab_size < spec.min_vocab_size:  # the recipe check says so first, with the file and line
+        raise ToolkitError(f"tokenizer.vocab_size must be at least {spec.min_vocab_size} (256 bytes + special tokens)")
     raw = RawTokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
@@ -90,3 +90,37 @@ def ensure_chat_template(tokenizer) -> None:
 def bos_ids(tokenizer) -> list[int]:
     """The token a prompt starts with: the tokenizer's bos, unless it has none or it doubles as eos."""
     return [tokenizer.bos_token_id] if tokenizer.bos_token_id not in (None, tokenizer.eos_token_id) else []
+
+
+# --------------------------------------------------------------------------- chat messages (fine-tuning, preference)
+
+ROLES = ("system", "user", "assistant")
+
+
+def conversation_problem(messages) -> str | None:
+    """What makes `messages` no conversation to learn from, or None when it is one."""
+    if not isinstance(messages, list) or not messages:
+        return "a conversation is a non-empty list of {role, content} messages"
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            return f"every message needs a role ({', '.join(ROLES)}) and a text content; got {str(m)[:80]}"
+    if not any(m["role"] == "assistant" for m in messages):
+        return "the conversation has no assistant message, so nothing to learn"
+    return None
+
+
+def check_conversation(messages, where: str) -> None:
+    problem = conversation_problem(messages)
+    if problem:
+        raise ToolkitError(f"{where}: {problem}")
+
+
+class ConversationRefused(ToolkitError):
+    """The chat template's own checks refused one conversation (roles that must alternate, ...)."""
+
+
+def render_chat(messages, tokenizer, where: str, add_generation_prompt: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as err:  # the template's own checks, e.g. roles that must alternate
+        raise ConversationRefused(f"{where}: the chat template refused the conversation: {first_line(err)}") from None

@@ -51,6 +51,18 @@ class SafeTraining:
         self._last_loss = loss
         return loss
 
+    def _track_num_input_tokens(self, inputs):
+        """Tokens trained, for tokens/s: the Trainer's "non_padding" count compares ids with the pad
+        id, which drops every trained end-of-turn token where pad = EOS (SmolLM2: <|im_end|>). Padding
+        is known from the attention mask instead; batches without one (packed, padding-free rows;
+        pretraining blocks) have no padding at all."""
+        if self.args.include_num_input_tokens_seen != "non_padding" or "input_ids" not in inputs:
+            return super()._track_num_input_tokens(inputs)
+        mask = inputs.get("attention_mask")
+        count = mask.sum() if mask is not None else inputs["input_ids"].numel()
+        count = torch.as_tensor(count, device=self.args.device, dtype=torch.int64)
+        self.state.num_input_tokens_seen += self.accelerator.gather(count).sum().item()
+
     def _note_finite(self, value) -> None:
         ok = torch.isfinite(torch.as_tensor(value, device=self.args.device)).all()
         self._finite = ok if self._finite is None else self._finite & ok

@@ -48,16 +48,18 @@ class PreparedData:
 
 def check_data(recipe: Recipe, fmt: str | None = None) -> None:
     """Cheap checks before any work: built-in names exist, files exist and hold the format's columns."""
-    for source in recipe.data.sources + recipe.data.eval_sources:
-        check_source(source)
-        check_columns(source, fmt or recipe.data.format)
+    for section in ("sources", "eval_sources"):
+        for i, source in enumerate(getattr(recipe.data, section)):
+            check_source(source, f"data.{section}[{i}]")
+            check_columns(source, fmt or recipe.data.format)
 
 
 def cache_path(recipe: Recipe, kind: str) -> Path:
     """Where the data of `kind` (pretraining, finetuning, seq2seq-decoder-only, ...) for this recipe is cached.
     The recipe's own task section counts; no other task's does."""
     data, tok = recipe.data, recipe.tokenizer
-    shaping = {k: v for k, v in asdict(data).items() if k not in ("sources", "eval_sources", "cache_dir", "num_proc")}
+    shaping = {k: v for k, v in asdict(data).items()  # bad_rows: data that loads at all is the same either way
+               if k not in ("sources", "eval_sources", "cache_dir", "num_proc", "wait_timeout", "bad_rows")}
     spec = {
         "cache_format": CACHE_FORMAT,
         "kind": kind,
@@ -89,21 +91,27 @@ def cached(recipe: Recipe, kind: str, build) -> PreparedData:
     preparation (a tokenizer trained on gigabytes) would time out."""
     path = cache_path(recipe, kind)
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
-        _wait_for(path / "stats.json")
+        _wait_for(path / "stats.json", recipe.data.wait_timeout)
     if (path / "stats.json").is_file():
         return _load(path)
     built = build()
-    _store(built, path)
+    if not _store(built, path):
+        logger.info("data: another run stored the same data in %s first; using it", path)
     built.stats["cache"] = str(path)
     return built
 
 
-def _wait_for(marker: Path, poll_seconds: float = 1.0) -> None:
-    """Sleep until the first process has stored the data. If it fails instead, the launcher
-    (torchrun, accelerate) ends this process along with it."""
+def _wait_for(marker: Path, timeout: float, poll_seconds: float = 1.0) -> None:
+    """Sleep until the first process has stored the data; give up after `timeout` seconds (it
+    failed, or was killed where no launcher ends this process along with it)."""
     if not marker.is_file():
         logger.info("data: waiting for the first process to prepare %s", marker.parent)
+    deadline = time.monotonic() + timeout
     while not marker.is_file():
+        if time.monotonic() > deadline:
+            raise ToolkitError(f"waited {timeout:g} s for this machine's first process to prepare the data cache"
+                               f" {marker.parent}, and it is not there: see that process's log (did it fail?);"
+                               " for a longer preparation raise data.wait_timeout")
         time.sleep(poll_seconds)
 
 
@@ -120,8 +128,11 @@ def _load(path: Path) -> PreparedData:
     )
 
 
-def _store(data: PreparedData, path: Path) -> None:
-    """Write to a temporary folder, then rename: a killed run never leaves a half cache."""
+def _store(data: PreparedData, path: Path) -> bool:
+    """Write to a temporary folder of a unique name, then rename it into place in one step: a
+    killed run never leaves a half cache, and of two runs that build the same cache at once
+    (a shared data.cache_dir) the first rename wins and the other's identical copy is dropped.
+    Returns whether this copy was the one kept."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
     try:
@@ -130,9 +141,18 @@ def _store(data: PreparedData, path: Path) -> None:
         data.eval.save_to_disk(str(tmp / "eval"))
         data.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "stats.json").write_text(json.dumps(data.stats, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        if path.exists() and not (path / "stats.json").is_file():
+            # A cache of an older toolkit, torn: renamed aside first, so that no reader sees it half removed.
+            aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=".old-"))
+            os.replace(path, aside / "cache")
+            shutil.rmtree(aside, ignore_errors=True)
+        try:
+            os.rename(tmp, path)  # fails, never merges, where the folder exists
+        except OSError:
+            if (path / "stats.json").is_file():
+                return False
+            raise
+        return True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -142,14 +162,20 @@ def split_corpus(recipe: Recipe, fmt: str = "text") -> tuple[Dataset, Dataset, d
     data, seed = recipe.data, recipe.training.get("seed", 42)
     num_proc = data.num_proc
     logger.info("data: loading %d source(s)", len(data.sources))
-    corpus = load_sources(data.sources, fmt)
+    bad = {}  # chat rows that are no conversation, skipped (data.bad_rows)
+    corpus = load_sources(data.sources, fmt, data.bad_rows, bad)
+    held_out = load_sources(data.eval_sources, fmt, data.bad_rows, bad, "eval_sources") if data.eval_sources else None
+    if bad:
+        logger.warning("data: %d chat rows skipped, no conversation (the first: %s); set data.bad_rows=error to stop"
+                       " on such rows", bad["skipped_bad_rows"], bad["first_bad_row"])
     corpus, cleaning = clean_corpus(corpus, data.cleaning, num_proc)
     logger.info("data: cleaning")
     log_stats(cleaning, logger.info)
     stats = {"cleaning": cleaning}
+    if fmt == "chat":
+        stats["skipped_bad_rows"] = bad.get("skipped_bad_rows", 0)
 
     if data.eval_sources:
-        held_out = load_sources(data.eval_sources, fmt)
         held_out, stats["eval_cleaning"] = clean_corpus(held_out, data.cleaning, num_proc)
         train = corpus
     else:
@@ -158,9 +184,7 @@ def split_corpus(recipe: Recipe, fmt: str = "text") -> tuple[Dataset, Dataset, d
                 f"dataset empty after cleaning: {len(corpus)} of {cleaning['documents_in']:,} documents left"
                 " (need at least 2 to hold one out); loosen data.cleaning or add data.sources"
             )
-        n_eval = max(1, round(len(corpus) * data.eval_fraction))
-        split = corpus.train_test_split(test_size=n_eval, seed=seed)
-        train, held_out = split["train"], split["test"]
+        train, held_out = hold_out(corpus, data.eval_fraction, fmt, seed, stats)
     # Decontaminate: no evaluation text may also be a training text (even with dedup off).
     before = len(train)
     train = drop_texts(train, set(example_hashes(held_out, num_proc)), num_proc)
@@ -176,6 +200,45 @@ def split_corpus(recipe: Recipe, fmt: str = "text") -> tuple[Dataset, Dataset, d
         "train_per_source": np.bincount(train["source"], minlength=len(data.sources)).tolist(),
     }
     return train, held_out, stats
+
+
+def hold_out(corpus: Dataset, fraction: float, fmt: str, seed: int, stats: dict) -> tuple[Dataset, Dataset]:
+    """(train, held_out): a seeded random `fraction` of the documents; or, for text with fewer documents
+    than 1/fraction (3 files at 10%: one whole file would be 33%), the last `fraction` of each document."""
+    n = len(corpus)
+    if fmt == "text" and n * fraction < 1:
+        cuts = [_cut(text, fraction) for text in corpus["text"]]
+        sources = corpus["source"]
+        train = Dataset.from_dict({"text": [h for h, _ in cuts], "source": sources})
+        tails = [(t, s) for (_, t), s in zip(cuts, sources) if t]
+        held = Dataset.from_dict({"text": [t for t, _ in tails], "source": [s for _, s in tails]}, features=train.features)
+        characters = {"train": sum(map(len, train["text"])), "eval": sum(map(len, held["text"]))}
+        stats["held_out"] = {"by": "the last eval_fraction of each document's text", "characters": characters}
+        logger.info("data: %d documents are too few to hold out %g of them whole; the last %.0f%% of each document's"
+                    " text is held out instead", n, fraction, 100 * fraction)
+        return train, held
+    n_eval = max(1, round(n * fraction))
+    if n_eval >= n:
+        raise ToolkitError(f"data.eval_fraction={fraction:g} of the {n:,} documents left after cleaning holds out"
+                           f" {n_eval:,}, leaving none to train on; lower data.eval_fraction (0.05 to 0.2 is usual),"
+                           " add data, or list data.eval_sources")
+    if n * fraction < 0.5:
+        logger.warning("data: %d examples are too few to hold out %g of them: 1 (%.0f%%) is held out; add examples or"
+                       " list data.eval_sources", n, fraction, 100 / n)
+    split = corpus.train_test_split(test_size=n_eval, seed=seed)
+    return split["train"], split["test"]
+
+
+def _cut(text: str, fraction: float) -> tuple[str, str]:
+    """`text` in two, the second about `fraction` of it, cut at the line break (else the space) nearest that point."""
+    at = round(len(text) * (1 - fraction))
+    for sep in ("\n", " "):
+        near = [i for i in (text.rfind(sep, 0, at), text.find(sep, at)) if i > 0]
+        if near:
+            at = min(near, key=lambda i: abs(i - at))
+            break
+    head, tail = text[:at].rstrip(), text[at:].strip()
+    return (head, tail) if head and tail else (text, "")
 
 
 def apply_weights(ds: Dataset, weights: list[float], seed: int) -> Dataset:

@@ -26,8 +26,10 @@ from pydoc_data.topics import topics
 import pyarrow.parquet as pq
 from datasets import Dataset, IterableDataset, concatenate_datasets, load_dataset
 
+from toolkit.data.files import check_file, load_error, row_location
 from toolkit.errors import ToolkitError, first_line
 from toolkit.recipe import Source
+from toolkit.tokenizer import conversation_problem
 
 FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -186,21 +188,23 @@ def resolve_files(source: Source) -> list[str]:
     return files
 
 
-def check_source(source: Source) -> None:
-    """The cheap checks, done before any work: known built-in, files that exist."""
+def check_source(source: Source, key: str = "data.sources[]") -> None:
+    """The cheap checks, done before any work: known built-in, files that exist, are not empty or
+    binary, and begin as text in the source's encoding."""
     if source.builtin:
         builtin_corpus(source.builtin)
     if source.files:
-        resolve_files(source)
+        for path in resolve_files(source):
+            check_file(path, source.encoding, key)
 
 
-def file_columns(path: str) -> list[str] | None:
+def file_columns(path: str, encoding: str = "utf-8") -> list[str] | None:
     """The columns of a local data file, read from its first record or header only (None: unknown)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".txt":
         return ["text"]
     if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding=encoding, errors="replace") as f:
             for line in f:
                 if line.strip():
                     try:
@@ -210,7 +214,7 @@ def file_columns(path: str) -> list[str] | None:
                     return list(record) if isinstance(record, dict) else None
         return None
     if suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding=encoding, errors="replace", newline="") as f:
             return next(csv.reader(f), None)
     if suffix == ".parquet":
         return pq.read_schema(path).names
@@ -222,7 +226,7 @@ def check_columns(source: Source, fmt: str) -> None:
     if not source.files:
         return
     for path in resolve_files(source):
-        columns = file_columns(path)
+        columns = file_columns(path, source.encoding)
         if columns is None:
             continue
         for attr, canonical in FORMAT_COLUMNS[fmt]:
@@ -238,6 +242,8 @@ def check_columns(source: Source, fmt: str) -> None:
 def source_fingerprint(source: Source) -> dict:
     """What identifies a source's content, for the data cache: the spec plus file sizes and times."""
     spec = dict(vars(source))
+    if spec["encoding"] == "utf-8":
+        del spec["encoding"]  # the default keeps the keys of caches made before the key existed
     if source.files:
         spec["file_stats"] = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in resolve_files(source)]
     if source.builtin:
@@ -245,22 +251,28 @@ def source_fingerprint(source: Source) -> dict:
     return spec
 
 
-def load_source(source: Source, index: int, fmt: str = "text", streaming: bool = False) -> Dataset | IterableDataset:
+def load_source(source: Source, index: int, fmt: str = "text", streaming: bool = False, bad_rows: str = "error",
+                report: dict | None = None, key: str | None = None) -> Dataset | IterableDataset:
     """Load one source as the format's canonical columns plus `source` (its index).
 
     With `streaming`, an IterableDataset that reads as it is iterated: nothing is loaded in full.
+    Chat rows that are no conversation stop the load (`bad_rows="error"`), or are left out and
+    counted in `report` ("skip"); `key` names the source in messages (data.sources[0]).
     """
+    key = key or f"data.sources[{index}]"
+    files = resolve_files(source) if source.files else []
     if source.builtin:
         ds = Dataset.from_dict(builtin_corpus(source.builtin)())
         ds = ds.to_iterable_dataset() if streaming else ds
     elif source.files:
-        files = resolve_files(source)
         builder = FILE_FORMATS[Path(files[0]).suffix.lower()]
         kwargs = {"sample_by": "document"} if builder == "text" else {}  # one file, one document
+        if builder != "parquet":
+            kwargs["encoding"] = source.encoding
         try:
             ds = load_dataset(builder, data_files=files, split="train", streaming=streaming, **kwargs)
-        except Exception as err:  # malformed JSON/CSV: say which files, not a parser traceback
-            raise ToolkitError(f"could not read {', '.join(files[:3])}: {first_line(err)}") from None
+        except Exception as err:  # malformed JSON/CSV: the file, the line and the fix, not a parser traceback
+            raise load_error(files, source.encoding, key, err) from None
     else:
         try:
             ds = load_dataset(source.hub, source.config, split=source.split, revision=source.revision, streaming=streaming)
@@ -281,9 +293,17 @@ def load_source(source: Source, index: int, fmt: str = "text", streaming: bool =
     if source.limit is not None:
         ds = ds.take(source.limit) if streaming else ds.select(range(min(source.limit, len(ds))))
     ds = ds.select_columns([c for c, _ in columns])
+
+    def where(row: int) -> str:  # rows keep their file order up to here (a limit keeps the first ones)
+        return row_location(files, row, source.encoding) if files else f"row {row + 1} of {name}"
+
+    if fmt == "chat" and not streaming:
+        ds = _drop_bad_conversations(ds, source.messages_column, where, bad_rows, report)
+    elif fmt != "chat":
+        attrs = {column: attr for attr, _ in FORMAT_COLUMNS[fmt] for column in [getattr(source, attr)]}
+        ds = ds.map(lambda b, rows: {k: _texts(v, rows, where, f"{key}.{attrs[k]}", k) for k, v in b.items()},
+                    batched=True, with_indices=True)
     ds = ds.rename_columns({c: canonical for c, canonical in columns if c != canonical})
-    if fmt != "chat":
-        ds = ds.map(lambda b: {k: [_as_text(t) for t in b[k]] for k in b}, batched=True)
     if streaming:
         return ds.map(lambda b: {"source": [index] * len(b["text"])}, batched=True)
     return ds.add_column("source", [index] * len(ds))
@@ -298,9 +318,40 @@ def _first_columns(ds: IterableDataset, name) -> list[str]:
         raise ToolkitError(f"could not read {name}: {first_line(err)}") from None
 
 
-def _as_text(value) -> str:
-    return value if isinstance(value, str) else ("" if value is None else str(value))
+def _texts(values: list, rows: list[int], where, setting: str, column: str) -> list[str]:
+    """A column's values as text: null is empty, a number its digits; a list or mapping is refused."""
+    for value, row in zip(values, rows):
+        if isinstance(value, (list, dict)):
+            kind = "list" if isinstance(value, list) else "mapping"
+            shown = str(value) if len(str(value)) <= 60 else str(value)[:57] + "..."
+            raise ToolkitError(f"{where(row)}: column {column!r} holds a {kind}, not text ({shown});"
+                               f" point {setting} at a column of text, or make each row's value one string")
+    return [v if isinstance(v, str) else ("" if v is None else str(v)) for v in values]
 
 
-def load_sources(sources: list[Source], fmt: str = "text") -> Dataset:
-    return concatenate_datasets([load_source(s, i, fmt) for i, s in enumerate(sources)])
+def _drop_bad_conversations(ds: Dataset, column: str, where, bad_rows: str, report: dict | None) -> Dataset:
+    """Chat rows that are no conversation (a role the templates do not know, no assistant turn):
+    left out and counted, or, with data.bad_rows=error, the first one refused with its file and line."""
+    bad = []
+    for start in range(0, len(ds), 1000):
+        for i, messages in enumerate(ds[start:start + 1000][column], start):
+            problem = conversation_problem(messages)
+            if problem:
+                if bad_rows == "error":
+                    raise ToolkitError(f"{where(i)}: {problem}; fix the row, or set data.bad_rows=skip to leave"
+                                       " such rows out")
+                bad.append((i, problem))
+    if not bad:
+        return ds
+    if report is not None:
+        report["skipped_bad_rows"] = report.get("skipped_bad_rows", 0) + len(bad)
+        report.setdefault("first_bad_row", f"{where(bad[0][0])}: {bad[0][1]}")
+    drop = {i for i, _ in bad}
+    return ds.select([i for i in range(len(ds)) if i not in drop])
+
+
+def load_sources(sources: list[Source], fmt: str = "text", bad_rows: str = "error", report: dict | None = None,
+                 section: str = "sources") -> Dataset:
+    """Every source of data.sources (or data.eval_sources: `section`), one after the other."""
+    return concatenate_datasets([load_source(s, i, fmt, bad_rows=bad_rows, report=report, key=f"data.{section}[{i}]")
+                                 for i, s in enumerate(sources)])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import SECRET_NAME, ToolkitError
 from toolkit.recipe.arguments import build_training, check_consistency
 from toolkit.recipe.sections import DEFAULT_TASK, Data, Evaluation, Hub, Lora, Model, Recipe, Tokenizer
 from toolkit.recipe.types import OriginMap, build_dataclass, dotted, unknown_key
@@ -37,7 +37,13 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), default: str
     path = Path(path if path is not None else default)
     if not path.is_file():
         raise ToolkitError(f"recipe file not found: {path} (check the path given to --config)")
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ToolkitError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start});"
+                           " re-save the recipe as UTF-8") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -109,7 +115,9 @@ def _apply_override(raw: dict, item: str, origins: OriginMap) -> None:
     # data.sources[0].weight and data.sources.0.weight both address a list item.
     keys = tuple(int(k) if k.isdigit() else k for k in key_text.strip().replace("[", ".").replace("]", "").split("."))
     if (len(keys) < 2 and keys != ("task",)) or not all(str(k) for k in keys):
-        raise ToolkitError(f"override {item!r}: the key must be section.key, e.g. training.learning_rate=3e-4")
+        hint = ("; a token belongs in HF_TOKEN or `hf auth login`, never on the command line"
+                if SECRET_NAME.search(str(keys[-1])) or "hf_" in text else "")
+        raise ToolkitError(f"override {item!r}: the key must be section.key, e.g. training.learning_rate=3e-4{hint}")
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:

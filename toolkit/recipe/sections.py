@@ -30,6 +30,7 @@ class Source:
     target_column: str = "target"  # seq2seq: the reference translation or summary (translation.de)
     weight: float = 1.0  # how many times each training document is seen (0.5: half of them)
     limit: int | None = None  # keep at most this many documents (quick looks, tests)
+    encoding: str = "utf-8"  # of local txt, json(l) and csv files, e.g. latin-1, cp1252
 
 
 @dataclass
@@ -57,9 +58,13 @@ class Data:
     too_long: Literal["skip", "error"] = "skip"  # an example over max_length tokens
     completion_only_loss: bool = True  # loss on completion / assistant tokens only
     packing: bool = True  # many examples per row, position_ids restarting, no padding
+    bad_rows: Literal["skip", "error"] = "skip"  # a chat row that is no conversation: skipped (counted), or stop
     cleaning: Cleaning = field(default_factory=Cleaning)
     cache_dir: str = "~/.cache/toolkit"
     num_proc: int | None = None
+    # How long the other processes of a machine wait for its first one to prepare the data
+    # (a tokenizer trained on gigabytes takes a while) before giving up with a message.
+    wait_timeout: int = 3600
     # Streaming (pretraining text): read the corpus as it trains, tokenized and packed on the
     # fly, in memory that does not grow with the corpus; training is counted in max_steps.
     streaming: bool = False
@@ -86,6 +91,15 @@ class Tokenizer:
     eos_token: str = "<|endoftext|>"
     pad_token: str = "<|pad|>"
     training_documents: int = 100000  # with data.streaming: a new BPE learns from the stream's first documents
+
+    @property
+    def special_tokens(self) -> list[str]:
+        return list(dict.fromkeys([self.bos_token, self.eos_token, self.pad_token]))
+
+    @property
+    def min_vocab_size(self) -> int:
+        """A new byte-level BPE holds every byte and the special tokens before its first merge."""
+        return 256 + len(self.special_tokens)
 
 
 @dataclass
@@ -131,6 +145,7 @@ class Hub:
     license: str = "apache-2.0"  # for the model card
     language: list[str] = field(default_factory=lambda: ["en"])
     token: str | None = None  # better: HF_TOKEN or `hf auth login`; never saved
+    include_samples: bool = False  # also push samples, predictions and data stats, which hold text of the data
 
 
 DEFAULT_TASK = "causal_lm"  # a recipe without `task:` trains a causal language model

@@ -10,7 +10,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import SECRET_NAME, ToolkitError
 
 COMMAND_LINE = "the command line"
 SECRET_KEYS = {("hub", "token"), ("training", "hub_token")}
@@ -96,7 +96,8 @@ def check_value(value, annotation, keys: tuple, origins: OriginMap):
     except _Mismatch:
         name = dotted(keys)
         expected = _describe(annotation)
-        got = "a value that is not shown (a secret)" if tuple(keys) in SECRET_KEYS else f"{value!r} ({type(value).__name__})"
+        secret = tuple(keys) in SECRET_KEYS or SECRET_NAME.search(str(keys[-1]))
+        got = "a value that is not shown (a secret)" if secret else f"{value!r} ({type(value).__name__})"
         choices = _choices(annotation)
         if choices:
             shown = ", ".join(map(repr, choices[:8])) + (", ..." if len(choices) > 8 else "")

@@ -54,6 +54,11 @@ class CausalLM(Task):
             if data.format != "text" and not recipe.tokenizer.name_or_path:
                 raise ToolkitError(f"data.format {data.format} encodes examples with a pretrained tokenizer and its chat"
                                    " template; set model.name_or_path (or data.format=text to pretrain)")
+        if recipe.training.get("neftune_noise_alpha") and (data.packing or data.format == "text"):
+            # The Trainer scales NEFTune's noise by alpha / sqrt(row length x width): with several
+            # examples in a row, each gets the noise of the whole row's length, not its own.
+            raise ToolkitError("training.neftune_noise_alpha scales its noise by a row's length, and packed rows hold"
+                               " many examples; set data.packing=false for NEFTune, or remove neftune_noise_alpha")
         check_lora(recipe.lora)
         check_data(recipe)
         done.append(f"{len(data.sources)} data source(s) found")

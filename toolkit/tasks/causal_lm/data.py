@@ -105,10 +105,14 @@ def _build_finetuning(recipe: Recipe, tokenizer) -> PreparedData:
     encoded = {}
     for name, part in (("train", train), ("eval", held_out)):
         encoded[name], stats[f"{name}_encoding"] = encode_examples(
-            part, tokenizer, data.format, data.max_length, data.too_long, data.completion_only_loss, data.num_proc
+            part, tokenizer, data.format, data.max_length, data.too_long, data.completion_only_loss, data.num_proc,
+            data.bad_rows,
         )
         if len(encoded[name]) == 0:
             raise ToolkitError(f"no {name} example fits in data.max_length={data.max_length} tokens; raise it")
+        if stats[f"{name}_encoding"].get("skipped_bad_rows"):
+            logger.warning("data: skipped %d %s conversations the chat template refuses; set data.bad_rows=error to"
+                           " stop on the first", stats[f"{name}_encoding"]["skipped_bad_rows"], name)
         if stats[f"{name}_encoding"]["skipped_too_long"]:
             logger.info("data: skipped %d %s examples longer than %d tokens",
                         stats[f"{name}_encoding"]["skipped_too_long"], name, data.max_length)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from datasets import Dataset, Features, Sequence, Value
 
-from toolkit.errors import ToolkitError, first_line
+from toolkit.errors import ToolkitError
 from toolkit.loss import IGNORE
-from toolkit.tokenizer import bos_ids, ensure_chat_template
-
-ROLES = ("system", "user", "assistant")
+from toolkit.tokenizer import ConversationRefused, bos_ids, check_conversation, ensure_chat_template, render_chat
 
 
 def encode_prompt_completion(prompt: str, completion: str, tokenizer, completion_only_loss: bool):
@@ -21,25 +19,6 @@ def encode_prompt_completion(prompt: str, completion: str, tokenizer, completion
     c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     labels = ([IGNORE] * len(p) if completion_only_loss else list(p)) + c
     return p + c, labels
-
-
-def check_conversation(messages, where: str) -> None:
-    if not isinstance(messages, list) or not messages:
-        raise ToolkitError(f"{where}: a conversation is a non-empty list of {{role, content}} messages")
-    for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise ToolkitError(
-                f"{where}: every message needs a role ({', '.join(ROLES)}) and a text content; got {str(m)[:80]}"
-            )
-    if not any(m["role"] == "assistant" for m in messages):
-        raise ToolkitError(f"{where}: the conversation has no assistant message, so nothing to learn")
-
-
-def render_chat(messages, tokenizer, where: str, add_generation_prompt: bool = False) -> str:
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except Exception as err:  # the template's own checks, e.g. roles that must alternate
-        raise ToolkitError(f"{where}: the chat template refused the conversation: {first_line(err)}") from None
 
 
 def encode_chat(messages, tokenizer, completion_only_loss: bool, where: str = "conversation"):
@@ -72,17 +51,24 @@ def encode_chat(messages, tokenizer, completion_only_loss: bool, where: str = "c
 
 
 def encode_examples(ds: Dataset, tokenizer, fmt: str, max_length: int, too_long: str, completion_only_loss: bool,
-                    num_proc: int | None = None) -> tuple[Dataset, dict]:
-    """Token ids and labels for every example; over-long examples skipped (counted) or refused."""
+                    num_proc: int | None = None, bad_rows: str = "error") -> tuple[Dataset, dict]:
+    """Token ids and labels for every example; over-long examples skipped (counted) or refused, and so are
+    conversations the chat template refuses (`bad_rows`, data.bad_rows)."""
     if fmt == "chat":
         ensure_chat_template(tokenizer)
 
     def encode(batch, indices):
-        out = {"input_ids": [], "labels": [], "too_long": []}
+        out = {"input_ids": [], "labels": [], "too_long": [], "refused": []}
         for n, i in enumerate(indices):
             where = f"example {i}"
             if fmt == "chat":
-                ids, labels = encode_chat(batch["messages"][n], tokenizer, completion_only_loss, where)
+                try:
+                    ids, labels = encode_chat(batch["messages"][n], tokenizer, completion_only_loss, where)
+                except ConversationRefused:
+                    if bad_rows == "error":
+                        raise
+                    ids, labels = [], []
+                out["refused"].append(not ids)
             else:
                 ids, labels = encode_prompt_completion(batch["prompt"][n], batch["completion"][n], tokenizer,
                                                        completion_only_loss)
@@ -93,14 +79,20 @@ def encode_examples(ds: Dataset, tokenizer, fmt: str, max_length: int, too_long:
             out["input_ids"].append(ids)
             out["labels"].append(labels)
             out["too_long"].append(over)
+            if fmt != "chat":
+                out["refused"].append(False)
         return out
 
     encoded = ds.map(
         encode, batched=True, with_indices=True, num_proc=num_proc, remove_columns=ds.column_names, desc="encoding",
         features=Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
-                           "too_long": Value("bool")}),
+                           "too_long": Value("bool"), "refused": Value("bool")}),
     )
-    skipped = int(sum(encoded["too_long"]))
-    encoded = encoded.filter(lambda b: [not t for t in b["too_long"]], batched=True).remove_columns("too_long")
+    skipped, refused = int(sum(encoded["too_long"])), int(sum(encoded["refused"]))
+    encoded = encoded.filter(lambda b: [not (t or r) for t, r in zip(b["too_long"], b["refused"])], batched=True)
+    encoded = encoded.remove_columns(["too_long", "refused"])
     learned = sum(sum(1 for t in row if t != IGNORE) for row in encoded["labels"])
-    return encoded, {"examples": len(encoded), "skipped_too_long": skipped, "learned_tokens": learned}
+    stats = {"examples": len(encoded), "skipped_too_long": skipped, "learned_tokens": learned}
+    if fmt == "chat":
+        stats["skipped_bad_rows"] = refused  # refused by the chat template (roles out of order, ...)
+    return encoded, stats
