@@ -315,3 +315,39 @@ def test_cli_subprocess_validates_the_qa_recipe():
     """The console script itself, on the recipe the old `validate` refused (its corpus is the qa task's)."""
     result = run([sys.executable, "-m", "toolkit.cli", "validate", str(ROOT / "recipes" / "qa" / "default.yaml")])
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_preference_run_is_validated_reported_and_rescored_as_preference(tmp_path, tiny_base, recipe_here, toolkit_here):
+    """A tiny LoRA DPO run through recipes/preference.py; then `validate`, `report` and `evaluate.py --run` on it."""
+    out = tmp_path / "out"
+    raw = {"task": "preference", "model": {"name_or_path": str(tiny_base)},
+           "data": {"sources": [{"builtin": "python-docs-preference", "limit": 30}], "max_length": 128,
+                    "eval_fraction": 0.2, "cache_dir": str(tmp_path / "cache")},
+           "lora": {"enabled": True, "r": 4, "alpha": 8},
+           "training": {"output_dir": str(out), "max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 5e-3,
+                        "per_device_eval_batch_size": 8, "report_to": [], "save_strategy": "no", "logging_steps": 1},
+           "evaluation": {"sample_prompts": ["What does len do?"], "max_new_tokens": 3}}
+    path = tmp_path / "preference.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    trained = recipe_here(ROOT / "recipes" / "preference.py", "--config", str(path))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "reward_accuracy after" in trained.stdout and "reward_margin before" in trained.stdout
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["init_eval_loss"] == pytest.approx(0.693147, abs=1e-6) and results["init_eval_reward_margin"] == 0
+
+    validated = toolkit_here("validate", str(path))
+    assert validated.returncode == 0 and "(task preference; DPO (beta 0.1), reference: adapter" in validated.stdout
+    assert "already finished" in validated.stdout, validated.stdout
+    reported = toolkit_here("report", str(out))
+    assert reported.returncode == 0, reported.stderr
+    meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert meta["pipeline_tag"] == "text-generation" and "lora" in meta["tags"] and (out / "training_curves.png").is_file()
+    metrics = {m["type"]: m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
+    assert metrics["accuracy"] == round(results["eval_reward_accuracy"], 4)
+    assert metrics["reward_margin"] == round(results["eval_reward_margin"], 4)
+
+    rescored = recipe_here(ROOT / "recipes" / "evaluate.py", "--run", str(out), "--output_dir", str(tmp_path / "scores"))
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    again = json.loads((tmp_path / "scores" / "eval_results.json").read_text())
+    for key in ("loss", "reward_accuracy", "reward_margin", "logps_chosen", "logps_rejected"):
+        assert again[f"eval_{key}"] == pytest.approx(results[f"eval_{key}"], rel=1e-5, abs=1e-6), key

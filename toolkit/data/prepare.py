@@ -165,6 +165,9 @@ def split_corpus(recipe: Recipe, fmt: str = "text") -> tuple[Dataset, Dataset, d
     bad = {}  # chat rows that are no conversation, skipped (data.bad_rows)
     corpus = load_sources(data.sources, fmt, data.bad_rows, bad)
     held_out = load_sources(data.eval_sources, fmt, data.bad_rows, bad, "eval_sources") if data.eval_sources else None
+    if bad and not len(corpus):
+        raise ToolkitError(f"every one of the {bad['skipped_bad_rows']:,} chat rows is no conversation and was skipped"
+                           f" (the first: {bad['first_bad_row']}); fix the rows")
     if bad:
         logger.warning("data: %d chat rows skipped, no conversation (the first: %s); set data.bad_rows=error to stop"
                        " on such rows", bad["skipped_bad_rows"], bad["first_bad_row"])

@@ -1,7 +1,7 @@
 """The registry of tasks: `task:` in a recipe -> the Task (toolkit/task.py) that runs and scores it.
 
 Entry points (the recipe scripts, toolkit/cli.py, recipes/evaluate.py) look a task up
-here; nothing else imports a task. Adding a task: a package beside these three that
+here; nothing else imports a task. Adding a task: a package beside these four that
 subclasses Task, and one entry below.
 """
 
@@ -14,10 +14,11 @@ from toolkit.errors import ToolkitError
 from toolkit.outputs import RECIPE_FILE
 from toolkit.task import Task
 from toolkit.tasks.causal_lm import CausalLM
+from toolkit.tasks.preference import PreferenceTask
 from toolkit.tasks.qa import QATask
 from toolkit.tasks.seq2seq import Seq2SeqTask
 
-TASKS: dict[str, Task] = {task.name: task for task in (CausalLM(), Seq2SeqTask(), QATask())}
+TASKS: dict[str, Task] = {task.name: task for task in (CausalLM(), Seq2SeqTask(), QATask(), PreferenceTask())}
 
 
 def load_recipe(path, overrides=(), default=None, task: str | None = None) -> recipes.Recipe:
