@@ -340,7 +340,9 @@ def test_a_preference_run_is_validated_reported_and_rescored_as_preference(tmp_p
     assert "already finished" in validated.stdout, validated.stdout
     reported = toolkit_here("report", str(out))
     assert reported.returncode == 0, reported.stderr
-    meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    card = (out / "README.md").read_text()
+    assert "implicit reward" in card and "text generated or extracted" not in card  # the task says how it scored
+    meta = yaml.safe_load(card.split("---")[1])
     assert meta["pipeline_tag"] == "text-generation" and "lora" in meta["tags"] and (out / "training_curves.png").is_file()
     metrics = {m["type"]: m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]}
     assert metrics["accuracy"] == round(results["eval_reward_accuracy"], 4)

@@ -185,7 +185,8 @@ def _card_body(name, recipe, task, results, stats, info, everything, samples, fo
     _, _, task_name = task.card(recipe, stats)
     lines = [f"# {name}", "", f"A model for {task_name.lower()}, {what}, with toolkit, from one YAML recipe.", ""]
     scored = [k for k in task.metrics if f"eval_{k}" in results]
-    intro = ("Perplexity on the held-out split: exp(total cross-entropy / predicted tokens)." if scored == ["perplexity"]
+    intro = task.card_intro or (
+             "Perplexity on the held-out split: exp(total cross-entropy / predicted tokens)." if scored == ["perplexity"]
              else "On the held-out split: " + ", ".join(task.metrics[k][1] for k in scored) + " (text generated or"
              " extracted by the model, scored by the toolkit's metric modules).")
     lines += ["## Evaluation", "", intro, "", "| | before training | after training |", "|---|---|---|"]

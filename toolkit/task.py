@@ -28,6 +28,7 @@ class Task(ABC):
     metrics: dict[str, tuple[str, str]] = {}  # eval_results.json key -> (model-index metric type, name shown)
     pipeline_tag: str = ""  # the Hub's pipeline tag and model-index task type
     task_name: str = ""  # the model-index task name, e.g. "Extractive question answering"
+    card_intro: str = ""  # how the card's scores were computed; empty: said from the metric names
 
     # -- the stages of a run, in the order the recipe scripts call them
 

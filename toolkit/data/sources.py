@@ -264,20 +264,10 @@ def load_source(source: Source, index: int, fmt: str = "text", streaming: bool =
     if source.builtin:
         ds = Dataset.from_dict(builtin_corpus(source.builtin)())
         ds = ds.to_iterable_dataset() if streaming else ds
-    elif source.files:
-        builder = FILE_FORMATS[Path(files[0]).suffix.lower()]
-        kwargs = {"sample_by": "document"} if builder == "text" else {}  # one file, one document
-        if builder != "parquet":
-            kwargs["encoding"] = source.encoding
-        try:
-            ds = load_dataset(builder, data_files=files, split="train", streaming=streaming, **kwargs)
-        except Exception as err:  # malformed JSON/CSV: the file, the line and the fix, not a parser traceback
-            raise load_error(files, source.encoding, key, err) from None
     else:
-        try:
-            ds = load_dataset(source.hub, source.config, split=source.split, revision=source.revision, streaming=streaming)
-        except Exception as err:  # offline, unknown name, wrong config or split
-            raise ToolkitError(f"could not load Hub dataset {source.hub!r}: {first_line(err)}") from None
+        builder = FILE_FORMATS[Path(files[0]).suffix.lower()] if files else None
+        kwargs = {"sample_by": "document"} if builder == "text" else {}  # one file, one document
+        ds = load_rows(source, files, builder, key, streaming, **kwargs)
     name = source.builtin or source.hub or source.files
     if fmt == "seq2seq" and not streaming:
         ds = ds.flatten()  # WMT-style {"translation": {"en": ..., "de": ...}} becomes translation.en, translation.de
@@ -307,6 +297,23 @@ def load_source(source: Source, index: int, fmt: str = "text", streaming: bool =
     if streaming:
         return ds.map(lambda b: {"source": [index] * len(b["text"])}, batched=True)
     return ds.add_column("source", [index] * len(ds))
+
+
+def load_rows(source: Source, files: list[str], builder: str | None, key: str, streaming: bool = False,
+              **kwargs) -> Dataset | IterableDataset:
+    """A source's rows as they are: its `files`, read by one `datasets` builder (json, csv, ...), or
+    its Hub dataset. A failure is one line: the file and line at fault, or the Hub dataset and why."""
+    if files:
+        if builder != "parquet":
+            kwargs["encoding"] = source.encoding
+        try:
+            return load_dataset(builder, data_files=files, split="train", streaming=streaming, **kwargs)
+        except Exception as err:  # malformed JSON/CSV: the file, the line and the fix, not a parser traceback
+            raise load_error(files, source.encoding, key, err) from None
+    try:
+        return load_dataset(source.hub, source.config, split=source.split, revision=source.revision, streaming=streaming)
+    except Exception as err:  # offline, unknown name, wrong config or split
+        raise ToolkitError(f"could not load Hub dataset {source.hub!r}: {first_line(err)}") from None
 
 
 def _first_columns(ds: IterableDataset, name) -> list[str]:

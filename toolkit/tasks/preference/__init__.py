@@ -56,6 +56,11 @@ class PreferenceTask(Task):
                "logps_accuracy": ("logps_accuracy", "Chosen more likely than rejected")}
     pipeline_tag = "text-generation"
     task_name = "Preference tuning"
+    card_intro = ("On held-out pairs whose prompts were never trained on. A completion's reward is the method's"
+                  " implicit reward: beta times the policy's log-probability of it minus the reference's (DPO, IPO,"
+                  " hinge, robust DPO; every reward is 0 before training, when the policy is the reference), or from"
+                  " the policy alone (SimPO, ORPO). Reward accuracy is the share of pairs whose chosen completion has"
+                  " the higher reward; the margin is their mean difference.")
 
     def check(self, recipe: Recipe) -> list[str]:
         check_preference_recipe(recipe)

@@ -18,9 +18,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 
-from toolkit.errors import ToolkitError, first_line
+from toolkit.data.sources import load_rows
+from toolkit.errors import ToolkitError
 from toolkit.recipe import Recipe, Source
 from toolkit.tasks.preference.corpus import python_docs_preference
 from toolkit.tasks.preference.section import (
@@ -36,19 +37,11 @@ def load_source(source: Source, index: int, section: Preference) -> tuple[Datase
     """One source as a Dataset with the section's columns, and a name for messages."""
     if source.builtin:
         ds, name = Dataset.from_dict(python_docs_preference()), source.builtin
-    elif source.files:
-        files = preference_files(source, f"data.sources[{index}]")
-        name = ", ".join(files[:3])
-        try:
-            ds = load_dataset(FILE_FORMATS[Path(files[0]).suffix.lower()], data_files=files, split="train")
-        except Exception as err:  # malformed JSON: say which files, not a parser traceback
-            raise ToolkitError(f"could not read {name}: {first_line(err)}") from None
     else:
-        name = source.hub
-        try:
-            ds = load_dataset(source.hub, source.config, split=source.split, revision=source.revision)
-        except Exception as err:  # offline, unknown name, wrong config or split
-            raise ToolkitError(f"could not load Hub dataset {source.hub!r}: {first_line(err)}") from None
+        key = f"data.sources[{index}]"
+        files = preference_files(source, key) if source.files else []
+        name = ", ".join(files[:3]) or source.hub
+        ds = load_rows(source, files, FILE_FORMATS[Path(files[0]).suffix.lower()] if files else None, key)
     missing_column(ds.column_names, name, section)
     if source.limit is not None:
         ds = ds.select(range(min(source.limit, len(ds))))

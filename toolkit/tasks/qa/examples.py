@@ -13,9 +13,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, concatenate_datasets, load_dataset
+from datasets import Dataset, concatenate_datasets
 
-from toolkit.errors import ToolkitError, first_line
+from toolkit.data.sources import load_rows
+from toolkit.errors import ToolkitError
 from toolkit.recipe import Recipe, Source
 from toolkit.tasks.qa.corpus import python_docs_squad
 from toolkit.tasks.qa.section import QA, QA_FILE_FORMATS, columns, missing_column, qa_files
@@ -37,16 +38,10 @@ def load_qa_source(source: Source, index: int, qa: QA) -> Dataset:
             raise ToolkitError(f"data.sources[{index}] mixes official SQuAD JSON files ({{\"data\": [...]}}) with"
                                " one-row-per-question files; give each kind its own source")
         else:
-            try:
-                ds = load_dataset(QA_FILE_FORMATS[Path(files[0]).suffix.lower()], data_files=files, split="train")
-            except Exception as err:  # malformed JSON: say which files, not a parser traceback
-                raise ToolkitError(f"could not read {name}: {first_line(err)}") from None
+            ds = load_rows(source, files, QA_FILE_FORMATS[Path(files[0]).suffix.lower()], f"data.sources[{index}]")
     else:
         name = source.hub
-        try:
-            ds = load_dataset(source.hub, source.config, split=source.split, revision=source.revision)
-        except Exception as err:  # offline, unknown name, wrong config or split
-            raise ToolkitError(f"could not load Hub dataset {source.hub!r}: {first_line(err)}") from None
+        ds = load_rows(source, [], None, f"data.sources[{index}]")
     missing_column(ds.column_names, name, qa)
     if source.limit is not None:
         ds = ds.select(range(min(source.limit, len(ds))))
