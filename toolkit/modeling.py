@@ -22,7 +22,7 @@ from transformers.models.auto import modeling_auto as auto
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from toolkit.errors import ToolkitError, first_line
-from toolkit.recipe import Lora, Model
+from toolkit.recipe import Lora, Model, Recipe
 
 logger = logging.getLogger("toolkit")
 
@@ -290,6 +290,13 @@ def apply_lora(model, spec: Lora, task_type: str = "CAUSAL_LM"):
     logger.info("model: LoRA r=%d on %s; %s trainable parameters of %s", spec.r, targets, f"{trainable:,}",
                 f"{count_parameters(model):,}")
     return model
+
+
+def build_policy(recipe: Recipe, spec: Model, config, tokenizer):
+    """The causal LM a recipe trains: built as `build_model` builds it (4-bit when QLoRA asks), and
+    LoRA on top when the recipe enables it."""
+    model = build_model(spec, config, tokenizer, seed=recipe.training["seed"], quantization=quantization_config(recipe.lora))
+    return apply_lora(model, recipe.lora) if recipe.lora.enabled else model
 
 
 def quantization_config(spec: Lora):

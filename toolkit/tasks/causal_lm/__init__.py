@@ -19,8 +19,8 @@ from toolkit.data.prepare import PreparedData, check_data, split_corpus
 from toolkit.errors import ToolkitError
 from toolkit.evaluation import generate_samples
 from toolkit.modeling import (
-    apply_lora, build_model, check_block_size, check_lora, load_model_config, local_model_config, locate_pretrained,
-    quantization_config, resolve_pretrained,
+    build_policy, check_block_size, check_lora, load_model_config, local_model_config, locate_pretrained,
+    resolve_pretrained,
 )
 from toolkit.recipe import Recipe
 from toolkit.task import Task
@@ -71,9 +71,7 @@ class CausalLM(Task):
 
     def build_model(self, recipe: Recipe, data: PreparedData):
         spec, config = data.extra
-        model = build_model(spec, config, data.tokenizer, seed=recipe.training["seed"],
-                            quantization=quantization_config(recipe.lora))
-        return apply_lora(model, recipe.lora) if recipe.lora.enabled else model
+        return build_policy(recipe, spec, config, data.tokenizer)
 
     def build_trainer(self, recipe: Recipe, model, data: PreparedData):
         return build_trainer(recipe, model, data.tokenizer, data.train, data.eval)

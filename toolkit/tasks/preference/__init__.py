@@ -21,14 +21,7 @@ from toolkit.data.prepare import PreparedData
 from toolkit.data.sources import check_source
 from toolkit.evaluation import generate_samples
 from toolkit.modeling import (
-    apply_lora,
-    build_model,
-    check_block_size,
-    check_lora,
-    load_model_config,
-    local_model_config,
-    locate_pretrained,
-    quantization_config,
+    build_model, build_policy, check_block_size, check_lora, load_model_config, local_model_config, locate_pretrained,
     resolve_pretrained,
 )
 from toolkit.recipe import Recipe
@@ -85,9 +78,7 @@ class PreferenceTask(Task):
 
     def build_model(self, recipe: Recipe, data: PreparedData):
         spec, config = data.extra
-        model = build_model(spec, config, data.tokenizer, seed=recipe.training["seed"],
-                            quantization=quantization_config(recipe.lora))
-        return apply_lora(model, recipe.lora) if recipe.lora.enabled else model
+        return build_policy(recipe, spec, config, data.tokenizer)
 
     def build_trainer(self, recipe: Recipe, model, data: PreparedData):
         resolved = dataclasses.replace(recipe, model=data.extra[0])  # precomputed log-probs are keyed by its files
