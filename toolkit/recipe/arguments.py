@@ -113,8 +113,6 @@ def check_consistency(recipe: Recipe, origins: OriginMap) -> None:
             f"{origins(('data', 'eval_fraction'))}: data.eval_fraction must be between 0 and 1"
             " (or list data.eval_sources)"
         )
-    if recipe.data.block_size < 2:
-        raise ToolkitError(f"{origins(('data', 'block_size'))}: data.block_size must be at least 2")
     _check_counts(recipe, origins)
     if recipe.data.streaming:
         _check_streaming(recipe, origins)
@@ -142,6 +140,7 @@ def check_consistency(recipe: Recipe, origins: OriginMap) -> None:
 _POSITIVE = (lambda v: v > 0, "greater than 0")
 _STEPS = (lambda v: v > 0, "greater than 0 (a number of steps, or below 1 a fraction of the training)")
 _AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+_AT_LEAST_2 = (lambda v: v >= 2, "at least 2")  # a row of one token predicts nothing
 _NOT_NEGATIVE = (lambda v: v >= 0, "0 or more")
 
 # Counts that TrainingArguments takes without a word where they mean nothing (max_steps=0 trains
@@ -156,7 +155,7 @@ TRAINING_COUNTS = {
 }
 # The same for the toolkit's own keys.
 RECIPE_COUNTS = {
-    ("data", "max_length"): (lambda v: v >= 2, "at least 2"), ("data", "shuffle_buffer"): _AT_LEAST_1,
+    ("data", "block_size"): _AT_LEAST_2, ("data", "max_length"): _AT_LEAST_2, ("data", "shuffle_buffer"): _AT_LEAST_1,
     ("data", "num_proc"): _AT_LEAST_1, ("data", "cleaning", "min_chars"): _NOT_NEGATIVE,
     ("data", "cleaning", "max_chars"): _AT_LEAST_1, ("tokenizer", "training_documents"): _AT_LEAST_1,
     ("tokenizer", "min_frequency"): _NOT_NEGATIVE, ("lora", "r"): _AT_LEAST_1,

@@ -13,7 +13,7 @@ from typing import Any, Literal, Union
 from toolkit.errors import SECRET_NAME, ToolkitError
 
 COMMAND_LINE = "the command line"
-SECRET_KEYS = {("hub", "token"), ("training", "hub_token")}
+SECRET_KEYS = {("hub", "token")}  # training.hub_token is refused outright (arguments.py)
 
 
 class OriginMap:
