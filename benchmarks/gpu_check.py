@@ -21,7 +21,7 @@ The dry run lists every part with its commands and checks what they need: the ac
 configs (as `toolkit launch` checks them), the recipes with the parts' overrides (as
 `toolkit validate` checks them; GPU-only checks are left to the GPU), and the packages,
 each either importable here or a wheel in `--wheels DIR` (the folder that travels to a GPU
-machine without them, .whl by default; see the device README). A missing config or recipe
+machine without them, .whl by default; see benchmarks/README.md). A missing config or recipe
 fails it; with `--wheels`, so does a needed package found nowhere. Ends with one JSON line.
 """
 

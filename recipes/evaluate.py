@@ -6,7 +6,8 @@
     python recipes/evaluate.py --run RUN_DIR --output_dir DIR
 
 `--run` scores a finished run's saved model again on its recipe's held-out data with its
-recipe's metrics (perplexity; BLEU and chrF or ROUGE; exact match and F1). Files hold one example per line; `--references refs.jsonl` may hold a list of references
+recipe's metrics (perplexity; BLEU and chrF or ROUGE; exact match and F1). Files hold one example per line;
+`--references refs.jsonl` may hold a list of references
 per line instead, and several `--references` files are parallel references, as with the
 `sacrebleu` command line. Each mode is a small function over `toolkit/scoring.py`.
 """

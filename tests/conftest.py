@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -9,6 +10,23 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`-n N`), each worker gets its own share of the cores, inherited by every process it
+    starts: the toolkit sizes its threads to the cores it may use (training.use_all_cpu_cores), so two workers
+    never oversubscribe a machine, where torch's threads would collapse to a fraction of their speed. Most tests
+    train tiny models, whose time is single-threaded Python; two workers run two of them at once."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
+    if not worker or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    shares = min(len(cores), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))  # more workers than cores: shared
+    index = int(worker.removeprefix("gw")) % shares
+    mine = {core for i, core in enumerate(cores) if i % shares == index}
+    os.sched_setaffinity(0, mine)
+    os.environ["OMP_NUM_THREADS"] = str(len(mine))  # before torch is imported by the test modules
+
 
 ROOT = Path(__file__).resolve().parent.parent
 PRETRAIN = ROOT / "recipes" / "pretrain.py"
@@ -157,5 +175,11 @@ def smollm2(tmp_path_factory) -> Path:
     from toolkit.modeling import resolve_pretrained
     from toolkit.recipe import Model
 
-    cache = tmp_path_factory.mktemp("gguf-cache")
-    return Path(resolve_pretrained(Model(name_or_path=SMOLLM2), str(cache)).name_or_path)
+    # One conversion for all of this run's pytest-xdist workers: the first converts, the others wait on the lock
+    # and find its folder (the conversion itself is atomic; the lock only spares the second its 20-odd seconds).
+    root = tmp_path_factory.getbasetemp()
+    cache = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "gguf-cache"
+    cache.mkdir(exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return Path(resolve_pretrained(Model(name_or_path=SMOLLM2), str(cache)).name_or_path)

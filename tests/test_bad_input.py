@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import FINETUNE, PRETRAIN, TINY_RECIPE, run, run_pretrain, write_recipe
+from tests.conftest import (
+    FINETUNE,
+    PRETRAIN,
+    TINY_RECIPE,
+    run,
+    run_pretrain,
+    write_recipe,
+)
 from toolkit.data.prepare import split_corpus
 from toolkit.data.sources import load_source
 from toolkit.recipe import Source, load_recipe
@@ -32,6 +39,7 @@ def untouched(tiny):
     return not Path(tiny["training"]["output_dir"]).exists()
 
 
+@pytest.mark.slow
 def test_recipe_file_missing(tiny, tmp_path):
     """In a real process, as a user meets it; the other refusals run `main` in this one."""
     result = run_pretrain("--config", str(tmp_path / "missing.yaml"))
@@ -107,6 +115,7 @@ def test_non_empty_folder_that_is_no_run_is_refused(tiny, tmp_path, recipe_here)
     assert (tmp_path / "out" / "thesis.tex").read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_accelerate_launch_passes_the_message_and_the_failure_on(tiny, tmp_path):
     result = run(["accelerate", "launch", "-q", "--num_processes", "1", "--cpu", str(PRETRAIN), "--config", str(tmp_path / "nope.yaml")])
     assert result.returncode != 0
@@ -301,6 +310,7 @@ def bad_input_runs(request, tmp_path_factory):
         return {case: pool.submit(_run_case, case, tmp_path_factory.mktemp(case.__name__), base) for case in chosen}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.__name__)
 def test_a_new_users_bad_input_gets_one_line_and_nothing_is_written(case, bad_input_runs):
     """One line naming the file (and line) and the fix, exit status 2, no traceback, no output folder, no cache."""

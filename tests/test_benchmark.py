@@ -14,6 +14,7 @@ from tests.conftest import ROOT, run
 BENCHMARK = ROOT / "benchmarks" / "train_throughput.py"
 
 
+@pytest.mark.slow
 def test_benchmark_ends_with_a_json_line_of_positive_figures():
     result = run([sys.executable, str(BENCHMARK), "--device", "cpu", "--quick"], timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -65,7 +66,13 @@ def test_throughput_figures_reach_the_reporters_and_the_history(tmp_path):
     import torch
     from datasets import Dataset
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
     from transformers.integrations import TensorBoardCallback
 
     from toolkit.data.packing import CausalCollator

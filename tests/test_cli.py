@@ -26,6 +26,7 @@ def recipe_file(tmp_path):
     return write_recipe(tmp_path, recipe)
 
 
+@pytest.mark.slow
 def test_validate_accepts_a_good_recipe_and_does_no_work(recipe_file, tmp_path):
     result = toolkit("validate", str(recipe_file))
     assert result.returncode == 0, result.stderr
@@ -86,6 +87,7 @@ def test_plan_prints_the_budget(recipe_file, toolkit_here):
     assert bogus.returncode == 2 and "unrecognized arguments: --bogus" in bogus.stderr
 
 
+@pytest.mark.slow
 def test_report_generate_and_push_on_a_finished_run(recipe_file, tmp_path, toolkit_here):
     from tests.conftest import run_pretrain
 
@@ -124,11 +126,17 @@ def test_launch_refuses_a_bad_accelerate_config(tmp_path, config, fragment, tool
     assert_refused(toolkit_here("launch", str(tmp_path / config), str(ROOT / "recipes" / "pretrain.py")), fragment)
 
 
+@pytest.mark.slow
 def test_launch_with_deepspeed_config_says_how_to_install_it():
     pytest.importorskip("accelerate")
     import importlib.util
 
+    from toolkit.errors import ToolkitError
+    from toolkit.launch import check_launch_config
+
     if importlib.util.find_spec("deepspeed") is not None:
         pytest.skip("deepspeed is installed here")
-    result = toolkit("launch", str(ROOT / "accelerate_configs" / "deepspeed_zero3.yaml"), str(ROOT / "recipes" / "pretrain.py"))
-    assert_refused(result, "DeepSpeed, which is not installed", "pip install deepspeed")
+    # On a machine without GPUs `toolkit launch` refuses DeepSpeed for that first (tests/test_distributed.py);
+    # the config as any machine would read it still says what to install.
+    with pytest.raises(ToolkitError, match="DeepSpeed, which is not installed.*pip install deepspeed"):
+        check_launch_config(ROOT / "accelerate_configs" / "deepspeed_zero3.yaml")

@@ -30,6 +30,7 @@ def kill_recipe(tmp_path_factory):
     return folder, path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point, step, resumes_from", [
     ("step", 5, 4),  # between checkpoints
     ("save", 6, 4),  # checkpoint-6 half written: model on disk, optimizer not
@@ -61,6 +62,7 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_weights(kill_recipe, poi
     assert all((out / name / "toolkit-complete").is_file() for name in left)
 
 
+@pytest.mark.slow
 def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
     # Adam moves every weight by about the learning rate: 1e30 overflows within two steps.
     tiny["training"].update(learning_rate=1.0e30, lr_scheduler_type="constant", max_grad_norm=0.0,
@@ -84,6 +86,7 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny,
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_live_runs_folder_is_refused(tiny, tmp_path):
     tiny["training"].update(max_steps=100000, save_steps=1000, eval_steps=100000)
     path = write_recipe(tmp_path, tiny)

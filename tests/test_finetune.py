@@ -6,16 +6,30 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from tests.conftest import ROOT
-from toolkit.data.packing import CausalCollator, FlatteningCollator, PackedRowsCollator, pack_examples
+from toolkit.data.packing import (
+    CausalCollator,
+    FlatteningCollator,
+    PackedRowsCollator,
+    pack_examples,
+)
 from toolkit.errors import ToolkitError
 from toolkit.evaluation import token_nll
 from toolkit.loss import IGNORE
 from toolkit.modeling import apply_lora, linear_module_names
 from toolkit.recipe import Lora, load_recipe
-from toolkit.tasks.causal_lm.encoding import encode_chat, encode_examples, encode_prompt_completion
+from toolkit.tasks.causal_lm.encoding import (
+    encode_chat,
+    encode_examples,
+    encode_prompt_completion,
+)
 from toolkit.tasks.causal_lm.trainer import build_trainer
 from toolkit.tokenizer import ensure_chat_template
 
@@ -30,7 +44,7 @@ def tok(tiny_base):
 
 
 def learned(ids, labels):
-    return [i for i, l in zip(ids, labels) if l != IGNORE]
+    return [i for i, label in zip(ids, labels) if label != IGNORE]
 
 
 def test_prompt_tokens_are_ignored_and_completion_with_eos_is_learned(tok):
@@ -59,6 +73,7 @@ def test_chat_learns_assistant_turns_only_with_their_end_token(tok):
     assert text.count(tok.eos_token) == 2  # each answer's end-of-turn (EOS) is learned
 
 
+@pytest.mark.slow
 def test_chat_with_a_real_template_and_pad_equal_to_eos(smollm2):
     """SmolLM2's own tokenizer: ChatML, and pad == eos == <|im_end|>."""
     real = AutoTokenizer.from_pretrained(smollm2)
@@ -115,7 +130,7 @@ def tiny_model(seed=0):
 def examples(n=6, seed=1):
     g = torch.Generator().manual_seed(seed)
     rows = []
-    for k in range(n):
+    for _ in range(n):
         length = int(torch.randint(3, 20, (1,), generator=g))
         ids = torch.randint(1, 64, (length,), generator=g).tolist()
         labels = [IGNORE] * (length // 3) + ids[length // 3:]

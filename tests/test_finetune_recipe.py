@@ -24,6 +24,7 @@ def recipe(tiny_base, tmp_path, **training):
     }
 
 
+@pytest.mark.slow
 def test_lora_chat_run_saves_adapter_merged_model_and_before_after(tiny_base, tmp_path):
     result = run_finetune("--config", str(write_recipe(tmp_path, recipe(tiny_base, tmp_path))))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -43,6 +44,7 @@ def test_lora_chat_run_saves_adapter_merged_model_and_before_after(tiny_base, tm
     assert 0 < stats["train_packing"]["efficiency"] <= 1
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_with_lora(tiny_base, tmp_path):
     path = write_recipe(tmp_path, recipe(tiny_base, tmp_path))
     first = run_finetune("--config", str(path))
@@ -107,6 +109,7 @@ def test_conversation_without_an_assistant_is_refused(tiny_base, tmp_path, recip
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, lora", [("prompt_completion", False), ("text", True)])
 def test_full_fine_tuning_and_other_formats(tiny_base, tmp_path, fmt, lora):
     r = recipe(tiny_base, tmp_path, save_strategy="no")

@@ -37,6 +37,7 @@ def report(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_dry_run_lists_every_part_with_its_commands_and_what_it_needs(tmp_path):
     result = run([sys.executable, str(GPU_CHECK), "--dry-run", "--out", str(tmp_path / "check")], timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -57,6 +58,7 @@ def test_dry_run_lists_every_part_with_its_commands_and_what_it_needs(tmp_path):
     assert "dry run: ok" in result.stdout
 
 
+@pytest.mark.slow
 def test_dry_run_fails_on_a_missing_config_and_on_a_package_neither_installed_nor_a_wheel(gpu_check, tmp_path):
     configs, wheels = tmp_path / "configs", tmp_path / "wheels"
     shutil.copytree(ROOT / "accelerate_configs", configs)
@@ -81,6 +83,7 @@ def wheel(folder, name, version):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed here")
 def test_dry_run_finds_the_wheels_that_travel_to_the_gpu_machine(gpu_check, tmp_path):
     wheels = tmp_path / "wheels"

@@ -56,6 +56,7 @@ def _through_the_run(texts: list[str], references: list[str], spec: Seq2Seq, nam
     return generation_metrics(tokenizer, names, metric_options(spec))(EvalPrediction(predictions, labels))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lang, code, cli_lang", [("zh_CN", "zh", "en-zh"), ("de", "de", "en-de")])
 def test_bleu_and_chrf_equal_the_sacrebleu_command_line_with_the_language_pair(tmp_path, lang, code, cli_lang):
     hypotheses, references = _pairs(lang)

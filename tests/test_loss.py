@@ -7,6 +7,16 @@ from toolkit.errors import ToolkitError
 from toolkit.loss import IGNORE, linear_cross_entropy, next_token_labels
 
 
+def with_arguments(recipe):
+    """A recipe made in code, its TrainingArguments built as checking a loaded recipe builds them."""
+    from transformers import TrainingArguments
+
+    from toolkit.recipe import training_arguments
+
+    recipe.arguments = TrainingArguments(**training_arguments(recipe))
+    return recipe
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_loss_and_gradients_equal_the_plain_cross_entropy_over_many_chunks(monkeypatch, dtype):
     import toolkit.loss
@@ -72,7 +82,7 @@ def _train(tmp_path, fused, compile_backend=None):
                 "eval_strategy": "no", "seed": 0}
     if compile_backend:
         training.update(torch_compile=True, torch_compile_backend=compile_backend)
-    recipe = Recipe(model=Model(fused_cross_entropy=fused), training=training)
+    recipe = with_arguments(Recipe(model=Model(fused_cross_entropy=fused), training=training))
     trainer = build_trainer(recipe, _tiny_llama(), tokenizer, data, data.select(range(4)))
     assert (trainer.fused_loss is not None) == fused
     trainer.train()
@@ -80,6 +90,7 @@ def _train(tmp_path, fused, compile_backend=None):
     return losses, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_training_with_the_fused_loss_follows_the_plain_loss_step_for_step(tmp_path):
     plain_losses, plain_weights = _train(tmp_path, fused=False)
     fused_losses, fused_weights = _train(tmp_path, fused=True)
@@ -90,6 +101,7 @@ def test_training_with_the_fused_loss_follows_the_plain_loss_step_for_step(tmp_p
         assert torch.allclose(fused_weights[name], weight, rtol=0, atol=1e-4), name
 
 
+@pytest.mark.slow
 def test_the_fused_loss_works_under_torch_compile(tmp_path):
     """The model compiled (dynamo and AOT autograd; inductor itself needs minutes on 2 cores), the loss fused."""
     from torch._dynamo.utils import counters
@@ -160,8 +172,8 @@ def _trainer(setting, vocab=300, lora_targets=None, **training):
     if lora_targets:
         model = apply_lora(model, Lora(enabled=True, target_modules=lora_targets))
     data = Dataset.from_dict({"input_ids": [[2, 3, 4]] * 4})
-    recipe = Recipe(model=Model(fused_cross_entropy=setting),
-                    training={"output_dir": "unused", "report_to": [], "max_steps": 1, **training})
+    recipe = with_arguments(Recipe(model=Model(fused_cross_entropy=setting),
+                                   training={"output_dir": "unused", "report_to": [], "max_steps": 1, **training}))
     return build_trainer(recipe, model, tokenizer, data, data)
 
 

@@ -104,6 +104,7 @@ def test_bleu_and_chrf_equal_the_sacrebleu_command_line(translations):
     assert chrf["chrf_signature"] == cli["chrF2"]["signature"]
 
 
+@pytest.mark.slow
 def test_evaluate_recipe_with_several_references_equals_sacrebleu_with_several_reference_files(translations, tmp_path):
     from toolkit.scoring import read_pairs, score_texts
 
@@ -163,6 +164,7 @@ def summaries() -> tuple[list[str], list[str]]:
     return preds, refs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_stemmer", [False, True])
 def test_rouge_equals_rouge_score_mean_f_measures(use_stemmer):
     from rouge_score import rouge_scorer
@@ -249,7 +251,13 @@ def test_perplexity_weights_every_token_alike():
 
 def test_metrics_work_as_trainer_compute_metrics(tiny_base, tmp_path):
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, EvalPrediction, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        EvalPrediction,
+        Trainer,
+        TrainingArguments,
+    )
 
     from toolkit.data.packing import CausalCollator
     from toolkit.evaluation import token_nll
@@ -290,6 +298,7 @@ def test_metrics_work_as_trainer_compute_metrics(tiny_base, tmp_path):
     assert all(isinstance(v, float) for v in got.values())  # no signature strings in the Trainer's log
 
 
+@pytest.mark.slow
 def test_evaluate_recipe_scores_a_saved_causal_lm(tiny_base, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -354,6 +363,7 @@ def test_unknown_metrics_and_impossible_combinations_are_refused():
         metrics.load("perplexity").compute(nll_sum=[1.0, 2.0], num_tokens=[3])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refs,fragment", [
     ("one\ntwo\n", "hyp.txt has 3 predictions but"),
     ("one\n\nthree\n", "ref.txt, line 2: empty reference"),

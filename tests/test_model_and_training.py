@@ -131,6 +131,7 @@ def test_activation_checkpointing_accepts_auto_and_nothing_else(tmp_path):
         load_recipe(None, ["training.activation_checkpointing=often"], default=DEFAULT)
 
 
+@pytest.mark.slow
 def test_auto_checkpointing_is_off_on_this_cpu_and_the_trainer_runs_without_it(tmp_path):
     trainer = tiny_trainer(tmp_path)  # neither key set: auto
     assert trainer.args.activation_checkpointing is False
@@ -156,25 +157,29 @@ def gpu_of(monkeypatch):
 
 def test_auto_checkpointing_turns_on_when_the_step_would_not_fit_the_gpu(tmp_path, gpu_of, monkeypatch):
     from toolkit.budget import checkpointing_needed, meta_causal_lm
-    from toolkit.training import auto_checkpointing
+    from toolkit.training import decide_checkpointing
+
+    def decided(recipe):
+        decide_checkpointing(recipe, model, recipe.data.row_length)
+        return recipe.arguments.activation_checkpointing, recipe.arguments.gradient_checkpointing
 
     recipe = load_recipe(None, [f"training.output_dir={tmp_path}", "training.bf16=true"], default=DEFAULT)
     explicit = load_recipe(None, [f"training.output_dir={tmp_path}", "training.activation_checkpointing=false"],
                            default=DEFAULT)
     model = build_model(recipe.model, load_model_config(recipe.model), FakeVocab())
     _, needed = checkpointing_needed(meta_causal_lm(model.config), recipe, recipe.data.row_length, True, 1e12)
-    arguments = {"bf16": True}
 
     gpu_of(needed)  # the step alone would fill the whole GPU
-    assert auto_checkpointing(recipe, model, arguments) == {"activation_checkpointing": True}
+    assert decided(recipe) == (True, True)
     gpu_of(2 * needed)
-    assert auto_checkpointing(recipe, model, arguments) == {"activation_checkpointing": False}
+    assert decided(recipe) == (False, False)
 
     gpu_of(needed)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # sharded: the estimate does not apply; FSDP has its own switch
-    assert auto_checkpointing(recipe, model, arguments) == {"activation_checkpointing": False}
+    assert decided(recipe) == (False, False)
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
-    assert auto_checkpointing(explicit, model, arguments) == {}  # the user's choice stands
+    explicit.arguments.activation_checkpointing = explicit.arguments.gradient_checkpointing = True
+    assert decided(explicit) == (True, True)  # the user's choice stands, whatever the estimate
 
 
 def test_evaluation_keeps_the_rows_in_order_when_training_groups_by_length(tmp_path):

@@ -24,6 +24,7 @@ from toolkit.errors import ToolkitError
 from toolkit.loss import IGNORE
 from toolkit.publish import files_to_push
 from toolkit.recipe import load_recipe
+from toolkit.run import check_recipe
 from toolkit.tasks import TASKS
 from toolkit.tasks.causal_lm.trainer import build_trainer
 
@@ -62,6 +63,7 @@ def foreign_files(folder):
 # ----------------------------------------------------------------- 1. one resolved output folder
 
 
+@pytest.mark.slow
 def test_a_tilde_output_dir_is_one_folder_for_every_writer_and_another_run_survives(home, recipe_here, monkeypatch):
     root, home_dir, cwd, recipe, result = home
     mine = home_dir / "runs" / "mine"
@@ -127,6 +129,7 @@ def test_evaluate_refuses_a_run_folder_as_its_output(home, tmp_path, recipe_here
 # ----------------------------------------------------------------- 3. atomic results, "finished" last
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_the_end_leaves_no_finished_looking_run_and_the_rerun_completes_it(tmp_path, toolkit_here, recipe_here):
     recipe = write_recipe(tmp_path, tiny_recipe(tmp_path, output_dir=str(tmp_path / "out")))
     out = tmp_path / "out"
@@ -199,6 +202,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_non_first_process_whose_first_process_is_stuck_ends_with_one_line(tmp_path):
     recipe = write_recipe(tmp_path, tiny_recipe(tmp_path, output_dir=str(tmp_path / "out")))
     started = time.time()
@@ -226,6 +230,7 @@ def test_a_complete_cache_is_never_replaced_under_its_readers(tmp_path, tiny_bas
     assert sorted(p.name for p in path.parent.iterdir()) == ["key"]  # no temporary folder left
 
 
+@pytest.mark.slow
 def test_two_runs_sharing_a_cache_folder_both_succeed_with_one_identical_cache(tmp_path):
     cache = tmp_path / "shared-cache"
     barrier = tmp_path / "barrier"
@@ -258,7 +263,7 @@ def test_neftune_with_packed_rows_is_refused_in_one_line(tiny_base):
     for overrides in (["training.neftune_noise_alpha=5"], ["training.neftune_noise_alpha=5", "data.format=text"]):
         recipe = load_recipe(None, [f"model.name_or_path={tiny_base}", *overrides], default=FINETUNE_DEFAULT)
         with pytest.raises(ToolkitError, match="neftune_noise_alpha scales its noise by a row's length"):
-            TASKS["causal_lm"].check(recipe)
+            check_recipe(recipe, TASKS["causal_lm"])
 
 
 def test_tokens_per_second_counts_every_trained_token_where_pad_equals_eos(tiny_base, tmp_path):

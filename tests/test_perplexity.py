@@ -51,6 +51,7 @@ def independent_perplexity(model, texts):
     return math.exp(nll / n), nll / n
 
 
+@pytest.mark.slow
 def test_eval_perplexity_is_token_weighted_and_differs_from_mean_of_batch_losses(tmp_path):
     model, texts = trained_tiny_model(), eval_texts()
     collate = CausalCollator(PAD)

@@ -16,13 +16,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import ROOT, run, write_recipe
 from toolkit.errors import ToolkitError
-from toolkit.modeling import apply_lora
+from toolkit.modeling import ResolvedModel, apply_lora
 from toolkit.recipe import Lora
 from toolkit.tasks import load_recipe
-from toolkit.tasks.preference.data import PairCollator, encode_pair, encode_pairs
+from toolkit.tasks.preference.data import (
+    PairCollator,
+    PreferenceData,
+    encode_pair,
+    encode_pairs,
+)
 from toolkit.tasks.preference.examples import normalise
+from toolkit.tasks.preference.logps import sequence_logps
 from toolkit.tasks.preference.loss import PairLogps, pair_loss
-from toolkit.tasks.preference.trainer import build_preference_trainer, sequence_logps
+from toolkit.tasks.preference.trainer import build_preference_trainer
 from toolkit.tokenizer import ensure_chat_template
 
 PREFERENCE = ROOT / "recipes" / "preference.py"
@@ -211,6 +217,7 @@ def _pairs(tok, n: int = 5):
     return encode_pairs(pairs, tok, chat=True, max_length=128)[0]
 
 
+@pytest.mark.slow
 def test_trainer_logps_equal_a_token_by_token_computation_alone_padded_and_packed(tiny_base, tok):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
@@ -251,10 +258,12 @@ def _trainer(tmp_path, tiny_base, tok, lora: bool = False, **preference):
     if lora:
         model = apply_lora(model, Lora(enabled=True, r=4, alpha=8, dropout=0.1))
     data = _pairs(tok, 16)
-    return build_preference_trainer(recipe, model, tok, data, _pairs(tok, 20).select(range(16, 20)),
-                                    str(tmp_path / "cache"))
+    pairs = PreferenceData(data, _pairs(tok, 20).select(range(16, 20)), tok, {"cache": str(tmp_path / "cache")},
+                           base=ResolvedModel(recipe.model, None))
+    return build_preference_trainer(recipe, model, pairs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, lora", [("model", False), ("adapter", True), ("precomputed", False)])
 def test_dpo_starts_at_log_2_with_every_reward_zero_in_each_reference_mode(tmp_path, tiny_base, tok, mode, lora):
     trainer = _trainer(tmp_path, tiny_base, tok, lora=lora, reference=mode)
@@ -267,6 +276,7 @@ def test_dpo_starts_at_log_2_with_every_reward_zero_in_each_reference_mode(tmp_p
         assert scores[key] == pytest.approx(0.0, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_precomputed_and_on_the_fly_references_give_the_same_loss_trajectory(tmp_path, tiny_base, tok):
     def losses(mode):
         trainer = _trainer(tmp_path / mode, tiny_base, tok, reference=mode)
@@ -279,6 +289,7 @@ def test_precomputed_and_on_the_fly_references_give_the_same_loss_trajectory(tmp
     assert precomputed == pytest.approx(frozen, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_one_optimizer_step_raises_the_margin(tmp_path, tiny_base, tok):
     trainer = _trainer(tmp_path, tiny_base, tok, reference="model")
     trainer.args.max_steps = 1
@@ -333,6 +344,7 @@ def test_prompts_that_leave_no_room_are_dropped_and_counted(tmp_path, tiny_base,
         encode_pairs([long], tok, chat=True, max_length=64, too_long="error")
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_at_the_same_global_batch(tmp_path, tiny_base, recipe_here):
     """DDP over gloo: per-step losses and held-out scores of 2 x 2 pairs equal 1 x 4 pairs."""
     one = _tiny_run(tmp_path, tiny_base)

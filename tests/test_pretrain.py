@@ -29,6 +29,7 @@ def finished_run(tmp_path_factory):
     return folder, path, result
 
 
+@pytest.mark.slow
 def test_run_writes_a_loadable_model_and_every_result(finished_run):
     folder, _, result = finished_run
     out = folder / "out"
@@ -55,6 +56,7 @@ def test_run_writes_a_loadable_model_and_every_result(finished_run):
     assert "perplexity before" in result.stdout and "perplexity after" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_saved_model_rescored_by_evaluate_gives_the_runs_perplexity(finished_run, tmp_path):
     folder, _, _ = finished_run
     result = run([sys.executable, str(ROOT / "recipes" / "evaluate.py"), "--run", str(folder / "out"),
@@ -75,6 +77,7 @@ def test_no_secret_reaches_the_output_directory(finished_run):
     assert "hf_NEVERWRITTEN123" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_changes_nothing(finished_run):
     folder, path, _ = finished_run
     out = folder / "out"
@@ -85,6 +88,7 @@ def test_rerun_of_a_finished_run_changes_nothing(finished_run):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_same_data_in_a_new_run_comes_from_the_cache(finished_run, tmp_path):
     folder, path, _ = finished_run
     again = run_pretrain("--config", str(path), f"training.output_dir={tmp_path / 'second'}", "training.max_steps=1",
@@ -95,6 +99,7 @@ def test_same_data_in_a_new_run_comes_from_the_cache(finished_run, tmp_path):
     assert json.loads((tmp_path / "second" / "data_stats.json").read_text())["from_cache"] is True
 
 
+@pytest.mark.slow
 def test_continued_pretraining_from_saved_weights(finished_run, tmp_path):
     folder, _, _ = finished_run
     base = folder / "out"
@@ -114,6 +119,7 @@ def test_continued_pretraining_from_saved_weights(finished_run, tmp_path):
     assert results["init_eval_perplexity"] < 400
 
 
+@pytest.mark.slow
 def test_early_stopping_on_evaluation_loss(tiny, tmp_path):
     tiny["training"].update(max_steps=20, eval_steps=2, save_steps=2)
     # No improvement can beat a threshold of 100 nats, so the run stops after `patience` evaluations.
@@ -124,6 +130,7 @@ def test_early_stopping_on_evaluation_loss(tiny, tmp_path):
     assert state["global_step"] == 6
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_at_the_same_global_batch(tiny, tmp_path):
     """DDP over gloo on CPU: same per-step losses and final weights as one process (1e-4 relative)."""
     tiny["training"].update(max_steps=6, save_strategy="no", eval_steps=6, per_device_train_batch_size=8)
@@ -156,6 +163,7 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tiny, tmp_path
             json.loads((tmp_path / "one" / "eval_results.json").read_text())[key], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_default_recipe_runs_with_overrides_only(tmp_path):
     result = run_pretrain(
         f"training.output_dir={tmp_path / 'out'}", f"data.cache_dir={tmp_path / 'cache'}", "data.sources[0].limit=300",

@@ -9,6 +9,12 @@ from toolkit.data.prepare import cache_path
 from toolkit.recipe import load_recipe
 from toolkit.tasks.causal_lm.data import prepare_pretraining_data
 
+
+def cache_key(recipe, kind: str):
+    """The cache folder of a recipe whose model is used as it is named (nothing converted)."""
+    return cache_path(recipe, kind, recipe.model)
+
+
 DEFAULT = ROOT / "recipes" / "pretrain" / "default.yaml"
 
 
@@ -33,7 +39,7 @@ def recipe_for(tmp_path, *overrides):
 def test_explicit_eval_sources_are_removed_from_training(tmp_path, corpus):
     train, held_out = corpus
     recipe = recipe_for(tmp_path, f"data.sources=[{{files: '{train}'}}]", f"data.eval_sources=[{{files: '{held_out}'}}]")
-    data = prepare_pretraining_data(recipe)
+    data = prepare_pretraining_data(recipe, recipe.model)
     assert data.stats["removed_as_eval_duplicates"] == 5
     assert data.stats["documents"] == {"train": 55, "eval": 10, "train_per_source": [55]}
     assert data.stats["eval_tokens"] > 0 and len(data.eval) > 0
@@ -42,7 +48,7 @@ def test_explicit_eval_sources_are_removed_from_training(tmp_path, corpus):
 def test_fraction_split_holds_documents_out_and_weights_apply_to_training_only(tmp_path, corpus):
     train, _ = corpus
     recipe = recipe_for(tmp_path, f"data.sources=[{{files: '{train}', weight: 2.0}}]", "data.eval_fraction=0.1")
-    stats = prepare_pretraining_data(recipe).stats
+    stats = prepare_pretraining_data(recipe, recipe.model).stats
     assert stats["documents"]["eval"] == 6
     assert stats["documents"]["train"] == 2 * 54  # weighted after the split: no eval text repeated into training
 
@@ -50,17 +56,18 @@ def test_fraction_split_holds_documents_out_and_weights_apply_to_training_only(t
 def test_second_preparation_comes_from_the_cache_and_changes_invalidate_it(tmp_path, corpus):
     train, _ = corpus
     recipe = recipe_for(tmp_path, f"data.sources=[{{files: '{train}'}}]")
-    first = prepare_pretraining_data(recipe)
-    second = prepare_pretraining_data(recipe)
+    first = prepare_pretraining_data(recipe, recipe.model)
+    second = prepare_pretraining_data(recipe, recipe.model)
     assert first.stats["from_cache"] is False and second.stats["from_cache"] is True
     assert second.train["input_ids"] == first.train["input_ids"]
     assert second.tokenizer("grammar syntax")["input_ids"] == first.tokenizer("grammar syntax")["input_ids"]
-    assert cache_path(recipe_for(tmp_path, f"data.sources=[{{files: '{train}'}}]", "data.block_size=16"), "pretraining") != cache_path(recipe, "pretraining")
+    other = recipe_for(tmp_path, f"data.sources=[{{files: '{train}'}}]", "data.block_size=16")
+    assert cache_key(other, "pretraining") != cache_key(recipe, "pretraining")
     # Editing the file changes its stamp, so the cache is not reused.
-    key = cache_path(recipe, "pretraining")
+    key = cache_key(recipe, "pretraining")
     with open(train, "a") as f:
         f.write('\n{"text": "one more document, long enough to keep."}')
-    assert cache_path(recipe, "pretraining") != key
+    assert cache_key(recipe, "pretraining") != key
 
 
 def test_pretrained_model_embeddings_grow_to_the_tokenizer(tmp_path):

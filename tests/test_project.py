@@ -24,6 +24,7 @@ def test_readme_quickstart_is_two_commands_and_ci_runs_the_test_one():
     assert install_and_test in (ROOT / ".ci" / "run").read_text()
 
 
+@pytest.mark.slow
 def test_ci_script_fails_when_pytest_collects_nothing(tmp_path):
     script = (ROOT / ".ci" / "run").read_text()
     assert 'if [ "$status" -eq 5 ]' in script

@@ -29,6 +29,7 @@ def run_dir(tmp_path_factory):
     return folder / "out"
 
 
+@pytest.mark.slow
 def test_model_card_parses_and_its_model_index_holds_the_runs_numbers(run_dir):
     card = ModelCard.load(run_dir / "README.md")
     results = json.loads((run_dir / "eval_results.json").read_text())
@@ -75,7 +76,8 @@ def hub(monkeypatch):
     recorder = Recorder()
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: recorder.create_repo(self, repo_id, **kw))
     monkeypatch.setattr(HfApi, "upload_folder",
-                        lambda self, repo_id, folder_path, allow_patterns, **kw: recorder.upload_folder(self, repo_id, folder_path, allow_patterns, **kw))
+                        lambda self, repo_id, folder_path, allow_patterns, **kw:
+                        recorder.upload_folder(self, repo_id, folder_path, allow_patterns, **kw))
     return recorder
 
 
@@ -119,6 +121,7 @@ def test_failed_push_says_how_to_push_later(tmp_path, monkeypatch, caplog):
     assert (tmp_path / "model.safetensors").read_bytes() == b"weights"
 
 
+@pytest.mark.slow
 def test_push_every_save_uploads_each_checkpoint(tiny, tmp_path, hub):
     tiny["hub"] = {"push": True, "model_id": "someone/every", "strategy": "every_save"}
     tiny["evaluation"] = {"before_training": False, "sample_prompts": ["The"], "max_new_tokens": 2}

@@ -234,6 +234,7 @@ def _tiny_recipe(tmp_path) -> dict:
     return recipe
 
 
+@pytest.mark.slow
 def test_default_recipe_runs_end_to_end_and_scores_before_and_after(tmp_path):
     config = tmp_path / "qa.yaml"
     config.write_text(yaml.safe_dump(_tiny_recipe(tmp_path)))
@@ -258,6 +259,7 @@ def test_default_recipe_runs_end_to_end_and_scores_before_and_after(tmp_path):
         assert rescored[f"eval_{key}"] == pytest.approx(scores[f"eval_{key}"], abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_a_missing_column_is_one_error_line(tmp_path):
     data = tmp_path / "qa.jsonl"
     data.write_text(json.dumps({"context": "Paris is in France.", "question": "Where is Paris?"}) + "\n")

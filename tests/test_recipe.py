@@ -55,7 +55,8 @@ def test_unknown_key_names_the_key_its_file_line_and_closest_key(tmp_path):
 
 
 def test_unknown_training_key_suggests_the_training_arguments_field():
-    with pytest.raises(ToolkitError, match=r"the command line: unknown key 'training.learning_rat'; did you mean 'training.learning_rate'\?"):
+    with pytest.raises(ToolkitError,
+                       match=r"the command line: unknown key 'training.learning_rat'; did you mean 'training.learning_rate'\?"):
         load_recipe(None, ["training.learning_rat=0.1"], default=DEFAULT)
 
 
@@ -102,7 +103,8 @@ def test_cross_key_rules_are_checked_up_front():
     with pytest.raises(ToolkitError, match="hub.model_id must be 'namespace/name'"):
         load_recipe(None, ["hub.model_id=justaname"], default=DEFAULT)
     with pytest.raises(ToolkitError, match="training: "):  # TrainingArguments' own check, as one line
-        load_recipe(None, ["training.load_best_model_at_end=true", "training.eval_strategy=steps", "training.save_strategy=epoch"], default=DEFAULT)
+        load_recipe(None, ["training.load_best_model_at_end=true", "training.eval_strategy=steps",
+                           "training.save_strategy=epoch"], default=DEFAULT)
 
 
 def test_saved_recipe_is_resolved_and_holds_no_secrets():

@@ -90,6 +90,7 @@ def runs(tmp_path_factory):
     return folder, path, two, one
 
 
+@pytest.mark.slow
 def test_two_machines_on_loopback_train_as_one_process_at_the_same_global_batch(runs):
     folder, _, two, one = runs
     assert "run finished" in two[0]["stdout"] and "run finished" not in two[1]["stdout"]  # summary from rank 0 only
@@ -107,6 +108,7 @@ def test_two_machines_on_loopback_train_as_one_process_at_the_same_global_batch(
         assert torch.allclose(final[name], first[name], rtol=1e-4, atol=1e-4 * first[name].abs().max().item()), name
 
 
+@pytest.mark.slow
 def test_sigkill_of_one_machine_stops_the_other_in_one_line_and_the_rerun_resumes(runs):
     folder, path, _, _ = runs
     args = ["--config", str(path), f"training.output_dir={folder / 'killed'}"]

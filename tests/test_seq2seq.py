@@ -125,6 +125,7 @@ def check_predictions_file(out: Path, scores: dict, tmp_path: Path, pair: str) -
     assert from_file["eval_chrf"] == pytest.approx(scores["eval_chrf"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_translation_recipe_end_to_end_scores_bleu_and_chrf_before_and_after(tiny_t5, tmp_path, toolkit_here):
     result, out = translate_and_rescore(tiny_t5, tmp_path)
     samples = json.loads((out / "samples.json").read_text())
@@ -145,7 +146,7 @@ def test_encoder_decoder_warm_started_from_the_real_minilm(tmp_path):
     needs_minilm()
     from transformers import AutoModel, AutoTokenizer
 
-    from toolkit.modeling import locate_pretrained
+    from toolkit.modeling import ResolvedModel, locate_pretrained
     from toolkit.recipe import Recipe
     from toolkit.tasks.seq2seq.model import build_seq2seq_model
     from toolkit.tasks.seq2seq.section import ENCODER_DECODER, Seq2Seq
@@ -153,7 +154,7 @@ def test_encoder_decoder_warm_started_from_the_real_minilm(tmp_path):
     folder = locate_pretrained(MINILM)
     tok = AutoTokenizer.from_pretrained(folder)
     recipe = Recipe(task="seq2seq", section=Seq2Seq(task="summarization", encoder=MINILM, num_beams=1, max_new_tokens=5))
-    model = build_seq2seq_model(recipe, tok, ENCODER_DECODER)
+    model = build_seq2seq_model(recipe, ResolvedModel(recipe.model, None), tok, ENCODER_DECODER)
     pretrained = AutoModel.from_pretrained(folder).state_dict()
     encoder = model.encoder.state_dict()
     for name, weight in pretrained.items():
@@ -168,6 +169,7 @@ def test_encoder_decoder_warm_started_from_the_real_minilm(tmp_path):
     assert out.shape[0] == 1 and out.shape[1] <= 6
 
 
+@pytest.mark.slow
 def test_summarization_recipe_end_to_end_with_the_warm_started_minilm(tmp_path):
     """The shipped summarization recipe, cut to two steps: ROUGE before and after, a loadable model."""
     import yaml
@@ -200,6 +202,7 @@ TINY_LLAMA = {"model_type": "llama", "config": {"hidden_size": 32, "intermediate
                                                 "num_attention_heads": 4, "num_key_value_heads": 4}}
 
 
+@pytest.mark.slow
 def test_decoder_only_translation_learns_only_the_target_and_rescores_the_same(tiny_t5, tmp_path):
     """A llama reads "Translate en to de:\n<source>\n" and learns the German after it; scored before and after."""
     tiny_t5["model"] = TINY_LLAMA
@@ -221,6 +224,7 @@ def test_decoder_only_translation_learns_only_the_target_and_rescores_the_same(t
         assert tok.decode(row["input_ids"][:prompt]).startswith("Translate en to de:\n")
 
 
+@pytest.mark.slow
 def test_the_smollm2_recipe_adapts_the_real_pretrained_model_with_lora(smollm2, tmp_path):
     """The shipped decoder-only recipe, cut to two steps: LoRA on the real SmolLM2, adapter and merged model saved."""
     import yaml
@@ -240,6 +244,7 @@ def test_the_smollm2_recipe_adapts_the_real_pretrained_model_with_lora(smollm2, 
     assert merged.config.model_type == "llama" and "lora" not in " ".join(merged.state_dict())
 
 
+@pytest.mark.slow
 def test_the_english_to_chinese_recipe_scores_with_the_zh_tokenizer_as_sacrebleu_does(smollm2, tmp_path):
     """translation-en-zh.yaml cut to two steps: its BLEU, before and after, equals `sacrebleu -l en-zh` on its
     predictions.jsonl (translate_and_rescore), and the outputs are whole Chinese characters."""

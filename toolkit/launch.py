@@ -1,9 +1,11 @@
 """`toolkit launch`: `accelerate launch` with its config file checked first, and a failed process told in one line.
 
 accelerate answers a missing config file, an unknown `distributed_type` or a DeepSpeed
-config without `deepspeed` installed with a traceback, and a process of the run that dies
-with two more (torchrun's and its own). These checks turn each into one line that names
-the fix; the launch itself is accelerate's, run in this process as `accelerate launch` runs it.
+config without `deepspeed` installed with a traceback, an FSDP or DeepSpeed config on a
+machine without GPUs with a silent run of plain data parallel (toolkit/distributed.py), and
+a process of the run that dies with two more (torchrun's and its own). These checks turn
+each into one line that names the fix; the launch itself is accelerate's, run in this
+process as `accelerate launch` runs it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from accelerate.commands.launch import launch_command, launch_command_parser
 from accelerate.utils import DistributedType
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+from toolkit.distributed import check_launch_config as check_sharding_config
 from toolkit.errors import ToolkitError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "accelerate_configs"
@@ -30,8 +33,14 @@ LAUNCH_OPTIONS = {"num_processes": int, "num_machines": int, "machine_rank": int
                   "main_process_ip": str, "main_process_port": int}
 
 
-def check_launch_config(path: str | Path, overrides: dict | None = None) -> dict:
-    """The parsed config with `overrides` applied, or a ToolkitError naming what is wrong with it."""
+def check_launch_config(path: str | Path, overrides: dict | None = None, *, this_machine: bool = False) -> dict:
+    """The parsed config with `overrides` applied, or a ToolkitError naming what is wrong with it.
+
+    With `this_machine`, also whether accelerate would apply it here: FSDP or DeepSpeed on a
+    machine without GPUs is refused (toolkit/distributed.py), before DeepSpeed's "not
+    installed", which installing would not cure. Without, the config is checked as it would be
+    on any machine (benchmarks/gpu_check.py --dry-run checks the GPU configs on a CPU).
+    """
     path = Path(path)
     if not path.is_file():
         shipped = ", ".join(sorted(p.name for p in CONFIGS.glob("*.yaml"))) if CONFIGS.is_dir() else ""
@@ -52,9 +61,6 @@ def check_launch_config(path: str | Path, overrides: dict | None = None) -> dict
         close = difflib.get_close_matches(kind.upper(), known, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         raise ToolkitError(f"{path}: unknown distributed_type {kind!r}; {hint}use one of {', '.join(known)}")
-    if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
-        raise ToolkitError(f"{path} uses DeepSpeed, which is not installed: pip install deepspeed"
-                           " (it needs a CUDA toolkit), or launch with accelerate_configs/fsdp.yaml")
     for key in ("num_processes", "num_machines"):
         value = config.get(key, 1)
         if not isinstance(value, int) or value < 1:
@@ -68,13 +74,18 @@ def check_launch_config(path: str | Path, overrides: dict | None = None) -> dict
     if machines > 1 and not config.get("main_process_ip"):
         raise ToolkitError(f"{path}: num_machines is {machines}, so main_process_ip (the address of the machine"
                            " of rank 0, reachable from the others) is needed: set it or pass --main_process_ip")
+    if this_machine:
+        check_sharding_config(path, config)
+    if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise ToolkitError(f"{path} uses DeepSpeed, which is not installed: pip install deepspeed"
+                           " (it needs a CUDA toolkit), or launch with accelerate_configs/fsdp.yaml")
     return config
 
 
 def launch(config_file: str, script: str, args: list[str], options: dict | None = None) -> None:
     """Check the config and the script, then run `accelerate launch --config_file CONFIG [OPTIONS] SCRIPT ARGS`."""
     options = {k: v for k, v in (options or {}).items() if v is not None}
-    check_launch_config(config_file, options)
+    check_launch_config(config_file, options, this_machine=True)
     if not Path(script).is_file():
         raise ToolkitError(f"script not found: {script} (e.g. recipes/pretrain.py)")
     command = ["--config_file", str(config_file)]

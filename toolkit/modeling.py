@@ -16,7 +16,12 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import (
-    AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed,
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    set_seed,
 )
 from transformers.models.auto import modeling_auto as auto
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -181,6 +186,56 @@ def locate_pretrained(name: str) -> str:
     return name
 
 
+@dataclasses.dataclass(frozen=True)
+class ResolvedModel:
+    """The model a run trains, resolved once and handed to every later stage (toolkit/run.py).
+
+    `spec` is the recipe's model section with `name_or_path` made loadable: a `package:` or `~`
+    path located, and, once `materialized`, a GGUF file converted to a safetensors folder; a Hub
+    id stays a Hub id. `config` is its config with the recipe's overrides, the training row's
+    length checked against it; None until a Hub model's config is fetched, and for a model the
+    task assembles from parts (a warm-started encoder-decoder).
+    """
+
+    spec: Model
+    config: object | None
+
+    @property
+    def path(self) -> str | None:
+        """What from_pretrained loads: a local folder or file, or a Hub id; None for a model built from a config."""
+        return self.spec.name_or_path
+
+    def materialized(self, cache_dir: str, state, length: int | None = None, key: str = "") -> ResolvedModel:
+        """The weights made loadable, on each machine's main process first (a GGUF file is converted once, the
+        others wait and find it), and a Hub model's config fetched and checked as `locate_model` checks a local one."""
+        with state.main_process_first():
+            spec = resolve_pretrained(self.spec, cache_dir)
+        if spec == self.spec and self.config is not None:
+            return self
+        # A Hub model's config, fetched now; or a converted GGUF file's, read from the folder its weights were
+        # saved to (the same sizes as the file's metadata, which locate_model checked, plus what the
+        # conversion records: the architecture and dtype).
+        config = load_model_config(spec) if spec.name_or_path else self.config
+        if self.config is None and config is not None and length is not None:
+            check_block_size(config, length, key)
+        return ResolvedModel(spec, config)
+
+
+def locate_model(spec: Model, length: int | None = None, key: str = "") -> ResolvedModel:
+    """Before any work: the model found (a `package:` or `~` path located), its config read with the recipe's
+    overrides, from the folder, the GGUF file's metadata (nothing converted) or the model type, and a training
+    row of `length` tokens (set by recipe `key`) checked against its positions. A Hub id's config waits for
+    the run (`ResolvedModel.materialized`): checking downloads nothing."""
+    if spec.name_or_path:
+        spec = dataclasses.replace(spec, name_or_path=locate_pretrained(spec.name_or_path))
+        if not Path(spec.name_or_path).exists():
+            return ResolvedModel(spec, None)
+    config = load_model_config(spec)
+    if length is not None:
+        check_block_size(config, length, key)
+    return ResolvedModel(spec, config)
+
+
 def resolve_pretrained(spec: Model, cache_dir: str):
     """The model spec to load from: located (see above), and a GGUF file converted once to safetensors."""
     if not spec.name_or_path:
@@ -292,10 +347,11 @@ def apply_lora(model, spec: Lora, task_type: str = "CAUSAL_LM"):
     return model
 
 
-def build_policy(recipe: Recipe, spec: Model, config, tokenizer):
+def build_policy(recipe: Recipe, resolved: ResolvedModel, tokenizer):
     """The causal LM a recipe trains: built as `build_model` builds it (4-bit when QLoRA asks), and
     LoRA on top when the recipe enables it."""
-    model = build_model(spec, config, tokenizer, seed=recipe.training["seed"], quantization=quantization_config(recipe.lora))
+    model = build_model(resolved.spec, resolved.config, tokenizer, seed=recipe.seed,
+                        quantization=quantization_config(recipe.lora))
     return apply_lora(model, recipe.lora) if recipe.lora.enabled else model
 
 

@@ -14,9 +14,20 @@ import math
 from typing import Any
 
 from toolkit.budget import (
-    ASSUMED_MFU, AUTO_CHECKPOINTING_SHARE, CHINCHILLA_TOKENS_PER_PARAMETER, KNOWN_GPUS, checkpointing_needed,
-    checkpointing_setting, count_model, find_gpu, flops_per_token, gpu_in_device_name, half_precision,
-    measure_cpu_flops, memory_estimate, training_value,
+    ASSUMED_MFU,
+    AUTO_CHECKPOINTING_SHARE,
+    CHINCHILLA_TOKENS_PER_PARAMETER,
+    KNOWN_GPUS,
+    checkpointing_needed,
+    checkpointing_setting,
+    count_model,
+    find_gpu,
+    flops_per_token,
+    gpu_in_device_name,
+    half_precision,
+    measure_cpu_flops,
+    memory_estimate,
+    training_value,
 )
 from toolkit.errors import ToolkitError
 from toolkit.recipe import Recipe

@@ -62,7 +62,7 @@ def complete_run(folder: Path, task) -> None:
     """What a run writes once its model and results are saved: the plot, the card, and last the
     file that marks it finished. A rerun after a failure here (a full disk) does only this."""
     folder = check_run_dir(folder, finished=False)
-    plot_training(folder)
+    plot_training(folder, task)
     write_model_card(folder, task)
     write_json(folder, FINAL_FILE, final_results(read_json(folder, RESULTS_FILE)))
 
@@ -70,8 +70,9 @@ def complete_run(folder: Path, task) -> None:
 # --------------------------------------------------------------------------- plots
 
 
-def plot_training(folder: Path) -> Path | None:
-    """Loss, evaluation loss and perplexity, and learning rate against steps, from trainer_state.json."""
+def plot_training(folder: Path, task) -> Path | None:
+    """Loss and evaluation loss, the task's held-out scores (its Task.plot_panel) and the learning rate
+    against steps, from trainer_state.json."""
     state = read_json(folder, "trainer_state.json")
     if not state or not state.get("log_history"):
         return None
@@ -81,30 +82,29 @@ def plot_training(folder: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     history = state["log_history"]
-    series = {
-        key: [(h["step"], h[key]) for h in history if key in h and "step" in h]
-        for key in ("loss", "eval_loss", "eval_perplexity", "learning_rate", "eval_reward_margin", "eval_reward_accuracy")
-    }
+    panel = task.plot_panel()
+    scores = [f"eval_{key}" for key in panel.curves]
+    series = {key: [(h["step"], h[key]) for h in history if key in h and "step" in h]
+              for key in ("loss", "eval_loss", "learning_rate", *scores)}
     init = read_json(folder, "init_eval_results.json") or {}
-    for key in ("eval_loss", "eval_perplexity", "eval_reward_margin", "eval_reward_accuracy"):
+    for key in ("eval_loss", *scores):
         if f"init_{key}" in init:
             series[key].insert(0, (0, init[f"init_{key}"]))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    loss_ax, ppl_ax, lr_ax = axes
+    loss_ax, score_ax, lr_ax = axes
     for key, label in (("loss", "training loss"), ("eval_loss", "evaluation loss")):
         if series[key]:
             loss_ax.plot(*zip(*series[key]), marker="." if key == "eval_loss" else None, label=label)
     loss_ax.set(title="Loss (nats per token)", xlabel="step")
     loss_ax.legend()
-    if series["eval_perplexity"]:
-        ppl_ax.plot(*zip(*series["eval_perplexity"]), marker="o")
-        ppl_ax.set_yscale("log")
-    ppl_ax.set(title="Evaluation perplexity", xlabel="step")
-    if series["eval_reward_margin"] and not series["eval_perplexity"]:  # a preference run: its held-out rewards
-        for key, label in (("eval_reward_margin", "reward margin"), ("eval_reward_accuracy", "reward accuracy")):
-            ppl_ax.plot(*zip(*series[key]), marker="o", label=label)
-        ppl_ax.set(title="Held-out reward margin and accuracy")
-        ppl_ax.legend()
+    drawn = [(key, label) for key, label in zip(scores, panel.curves.values()) if series[key]]
+    for key, label in drawn:
+        score_ax.plot(*zip(*series[key]), marker="o", label=label)
+    if panel.log_scale and drawn:
+        score_ax.set_yscale("log")
+    score_ax.set(title=panel.title, xlabel="step")
+    if len(drawn) > 1:
+        score_ax.legend()
     if series["learning_rate"]:
         lr_ax.plot(*zip(*series["learning_rate"]))
     lr_ax.set(title="Learning rate", xlabel="step")
@@ -225,8 +225,10 @@ def _card_body(name, recipe, task, results, stats, info, everything, samples, fo
     lines += ["## Training", "",
               f"- hardware: {info.get('cuda') or 'CPU'} x {info.get('world_size', 1)} ({info.get('platform', '')})",
               f"- parameters: {info.get('parameters', 0):,}"
-              + (f", of which trained (LoRA r={lora.get('r')}): {info['trainable_parameters']:,}" if lora.get("enabled") and "trainable_parameters" in info else ""),
-              f"- steps: {(read_json(folder, 'trainer_state.json') or {}).get('global_step', '')}, learning rate {training.get('learning_rate', '')}, optimizer {training.get('optim', 'adamw_torch')}"]
+              + (f", of which trained (LoRA r={lora.get('r')}): {info['trainable_parameters']:,}"
+                 if lora.get("enabled") and "trainable_parameters" in info else ""),
+              f"- steps: {(read_json(folder, 'trainer_state.json') or {}).get('global_step', '')},"
+              f" learning rate {training.get('learning_rate', '')}, optimizer {training.get('optim', 'adamw_torch')}"]
     if runtime:
         lines.append(f"- training time: {runtime:.0f} s" + (f", {speed:,.0f} tokens/s" if speed else ""))
     if everything.get("train_model_flops_per_second"):

@@ -1,4 +1,5 @@
-"""The stages every recipe shares after the model is built: evaluate, train, evaluate, save."""
+"""One run of a recipe, for every task: the walk (run_recipe) and its shared stages: the recipe checked,
+the model resolved, the Trainer finished, scores before, training, scores after, everything saved."""
 
 from __future__ import annotations
 
@@ -15,13 +16,20 @@ from transformers import TrainerCallback
 from toolkit.budget import flops_per_token, gpu_in_device_name
 from toolkit.console import setup_logging, summary
 from toolkit.data.prepare import PreparedData
-from toolkit.modeling import count_parameters
-from toolkit.outputs import RESULTS_FILE, check_output_dir, read_json, write_json, write_recipe
+from toolkit.distributed import describe, summary_line
+from toolkit.modeling import ResolvedModel, count_parameters
+from toolkit.outputs import (
+    RESULTS_FILE,
+    check_output_dir,
+    read_json,
+    write_json,
+    write_recipe,
+)
 from toolkit.publish import complete_run, push_run, pushed
 from toolkit.recipe import Recipe, load_recipe, parse_command_line
 from toolkit.task import Task
 from toolkit.throughput import peak_memory_bytes
-from toolkit.training import init_processes
+from toolkit.training import decide_checkpointing, finish_trainer, init_processes
 
 logger = logging.getLogger("toolkit")
 
@@ -36,9 +44,55 @@ class RunStart:
     started: float
 
 
+def run_recipe(tasks: dict[str, Task], task: str, default_recipe, argv: list[str] | None = None) -> None:
+    """One run of a recipe of `task` (from the registry `tasks`), as every recipe script runs it:
+    the stages of the README's flow, each handing the next a typed value."""
+    # 1. Recipe, checked in full (the task's checks included) before anything expensive; a finished run is
+    #    left alone, a saved one only completed.
+    run = start_run(argv, default_recipe, tasks, task)
+    if run.finished:
+        return
+    recipe, task = run.recipe, run.task
+    located = check_recipe(recipe, task).model
+
+    # 2. The model's weights made loadable, once: a GGUF file converted, a Hub model's config fetched.
+    resolved = task.resolve_model(recipe, located, run.state)
+
+    # 3. Data and tokenizer: built by each machine's first process, read from its cache by the others.
+    data = task.prepare_data(recipe, resolved)
+
+    # 4. The model, sized to the tokenizer; LoRA on top when the recipe asks.
+    model = task.build_model(recipe, resolved, data)
+
+    # 5. The Trainer: the task's, finished by the run (throughput in every log, TensorBoard's folder).
+    decide_checkpointing(recipe, model, task.sequence_length(recipe)[0])
+    trainer = finish_trainer(task.build_trainer(recipe, model, data), recipe, task.sequence_length(recipe)[0])
+
+    # 6. Scores before, training (resumed when a checkpoint is there), scores after.
+    results = train_and_evaluate(trainer, recipe, task, data, run.resume_from)
+
+    # 7. The model, results, samples, plot and card saved, "finished" written last; the push when asked.
+    finish_run(trainer, recipe, task, data, results, run.started)
+
+
+@dataclass
+class Checked:
+    """What checking a recipe found: the model located (its config read), and what was checked, in words."""
+
+    model: ResolvedModel
+    done: list[str]
+
+
+def check_recipe(recipe: Recipe, task: Task) -> Checked:
+    """Every check a run makes before its first expensive step, beyond those made when the recipe was loaded;
+    `toolkit validate` calls exactly this."""
+    model = task.locate_model(recipe)
+    return Checked(model, [f"task {recipe.task}", *task.check(recipe, model)])
+
+
 def start_run(argv: list[str] | None, default_recipe, tasks: dict[str, Task], task: str) -> RunStart:
-    """What every recipe script does first: join the processes, read the recipe (of the script's `task`,
-    from the registry `tasks`), look at the output folder."""
+    """What every run does first: join the processes, read the recipe (of `task`, from the registry `tasks`),
+    look at the output folder."""
     started = time.time()
     state = init_processes()
     setup_logging(state.is_main_process)
@@ -178,6 +232,7 @@ def fast_path(trainer, recipe: Recipe, data_stats: dict) -> dict:
 def _write_results(trainer, recipe: Recipe, task: Task, data_stats: dict, results: dict, after: list[dict],
                    started: float) -> None:
     out = recipe.output_dir
+    distributed = describe(trainer)
     trainer.save_state()
     before = read_json(out, SAMPLES_BEFORE_FILE) or [{} for _ in after]
     written = [{"prompt": a["prompt"], "before": b.get("completion"), "completion": a["completion"]}
@@ -204,6 +259,7 @@ def _write_results(trainer, recipe: Recipe, task: Task, data_stats: dict, result
         "device": str(trainer.args.device),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "world_size": trainer.args.world_size,
+        "distributed": distributed,  # what ran: none, DDP, FSDP and its version, the ZeRO stage
         "platform": platform.platform(),
         "torch": torch.__version__,
         "peak_memory_gib": round((peak_memory_bytes() or 0) / 2**30, 3),  # GPU allocated, or host resident set
@@ -218,6 +274,7 @@ def _write_results(trainer, recipe: Recipe, task: Task, data_stats: dict, result
                 lines[f"{name} before"] = f"{results[f'init_eval_{name}']:.4g}"
             lines[f"{name} after"] = f"{results[f'eval_{name}']:.4g}"
     lines["training steps"] = trainer.state.global_step
+    lines["distributed"] = summary_line(distributed)
     lines["wall time"] = f"{results['wall_time_s']:.0f} s"
     if "train_tokens_per_second" in results:
         lines["training tokens/s"] = f"{results['train_tokens_per_second']:,.0f}"

@@ -22,7 +22,7 @@ class ThroughputCallback(TrainerCallback):
     """Adds `tokens_per_second`, `mfu` and `peak_memory_gib` to each training log.
 
     Tokens per second cover the steps since the previous log, all processes together, with
-    the time spent evaluating or saving left out. MFU (ANCHORS.md: `flops_per_token` times
+    the time spent evaluating or saving left out. MFU (as PaLM defines it: `flops_per_token` times
     tokens per second per device, over the chip's dense bf16 peak) appears only when the peak
     is known. Tokens are `state.num_input_tokens_seen` (the toolkit turns
     include_num_input_tokens_seen on); without it, steps x global batch x `sequence_length`.

@@ -9,20 +9,21 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import SequentialSampler
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
+from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from toolkit.budget import checkpointing_needed, checkpointing_setting, meta_causal_lm
+from toolkit.distributed import check_launch
 from toolkit.errors import ToolkitError
 from toolkit.hardware import has_accelerator
 from toolkit.loss import FusedCausalLMLoss, check_fused_loss_exact, fused_loss_wanted
 from toolkit.outputs import last_complete_checkpoint, mark_complete
 from toolkit.publish import PushEverySave
-from toolkit.recipe import Recipe, training_arguments
+from toolkit.recipe import Recipe
 from toolkit.throughput import add_throughput_callback
 
 logger = logging.getLogger("toolkit")
@@ -140,29 +141,36 @@ def _local(tensor):
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
-def auto_checkpointing(recipe: Recipe, model, arguments: dict) -> dict:
-    """training.activation_checkpointing=auto (the default) made true or false for this model and GPU.
+def decide_checkpointing(recipe: Recipe, model, length: int) -> None:
+    """training.activation_checkpointing=auto (the default) made true or false in the run's arguments, the same
+    way for every causal LM (pretraining, fine-tuning, preference, a decoder-only seq2seq model): on only when
+    the plan's estimate of a step of `length`-token rows without it would not fit the GPU (toolkit/plan.py).
 
-    On only when the plan's estimate of a step without it would not fit the GPU (toolkit/plan.py).
-    Off on a CPU, whose memory is the host's, and under FSDP or DeepSpeed, where each GPU holds
-    a shard the estimate does not model; FSDP has its own switch in the accelerate config
-    (fsdp_activation_checkpointing). Decided before the Trainer exists: DDP's wrapping depends on it.
+    Off on a CPU, whose memory is the host's, under FSDP or DeepSpeed, where each GPU holds a shard the
+    estimate does not model (FSDP has its own switch in the accelerate config, fsdp_activation_checkpointing),
+    and for other models (encoder-decoders, span heads). Decided before the Trainer exists: DDP's wrapping
+    depends on it.
     """
     if checkpointing_setting(recipe) != "auto":
-        return {}
+        return
+    args, on = recipe.arguments, False
     sharded = (parse_flag_from_env("ACCELERATE_USE_FSDP") or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
-               or arguments.get("fsdp") or arguments.get("deepspeed"))
-    if sharded or not torch.cuda.is_available():
-        return {"activation_checkpointing": False}
-    config = copy.deepcopy(model.config)
-    config.__dict__.pop("quantization_config", None)  # counted as QLoRA from the recipe, not quantized again
-    memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    on, needed = checkpointing_needed(meta_causal_lm(config), recipe, recipe.data.row_length,
-                                      bool(arguments.get("bf16") or arguments.get("fp16")), memory)
-    if on:
-        logger.info("activation checkpointing on (training.activation_checkpointing=auto): a step without it needs"
-                    " about %.1f GiB of this GPU's %.1f GiB", needed / 2**30, memory / 2**30)
-    return {"activation_checkpointing": on}
+               or args.fsdp or args.deepspeed)
+    if is_causal_lm(model) and not sharded and torch.cuda.is_available():
+        config = copy.deepcopy(model.config)
+        config.__dict__.pop("quantization_config", None)  # counted as QLoRA from the recipe, not quantized again
+        memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        on, needed = checkpointing_needed(meta_causal_lm(config), recipe, length, bool(args.bf16 or args.fp16), memory)
+        if on:
+            logger.info("activation checkpointing on (training.activation_checkpointing=auto): a step without it"
+                        " needs about %.1f GiB of this GPU's %.1f GiB", needed / 2**30, memory / 2**30)
+    args.activation_checkpointing = args.gradient_checkpointing = on  # the second: the old name mirrors the new
+
+
+def is_causal_lm(model) -> bool:
+    """A decoder-only language model (under a LoRA wrapper too)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(base).__name__.endswith("ForCausalLM") and not base.config.is_encoder_decoder
 
 
 def is_sharded(trainer) -> bool:
@@ -198,16 +206,12 @@ def fused_loss(recipe: Recipe, trainer) -> FusedCausalLMLoss | None:
     return FusedCausalLMLoss(trainer.model, torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None))
 
 
-def trainer_keywords(recipe: Recipe, arguments_class, model=None, **extra) -> dict:
-    """Trainer keywords every recipe shares: arguments, optimizer, callbacks.
-
-    With the `model` of a causal LM, activation_checkpointing=auto is decided for it; the
-    other tasks leave auto off.
-    """
-    arguments = training_arguments(recipe)
-    if model is not None:
-        arguments.update(auto_checkpointing(recipe, model, arguments))
-    args = arguments_class(**arguments, **extra)
+def trainer_keywords(recipe: Recipe, **fields) -> dict:
+    """Trainer keywords every task shares: the run's arguments (built once, when the recipe was checked;
+    `fields` set on this Trainer's copy, for values that depend on the model), optimizer, callbacks."""
+    args = copy.copy(recipe.arguments)
+    for key, value in fields.items():
+        setattr(args, key, value)
     optimizer = None
     if recipe.training.get("optim") == "adam":
         optimizer = (torch.optim.Adam, {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2), "eps": args.adam_epsilon})
@@ -224,8 +228,9 @@ def trainer_keywords(recipe: Recipe, arguments_class, model=None, **extra) -> di
     return common
 
 
-def finish_setup(recipe: Recipe, trainer, sequence_length: int):
-    # tokens/s, MFU, peak memory in every log
+def finish_trainer(trainer, recipe: Recipe, sequence_length: int):
+    """What the run adds to every task's Trainer: tokens/s, MFU and peak memory in every log (rows of
+    `sequence_length` tokens), and TensorBoard's folder inside the run's."""
     add_throughput_callback(trainer, sequence_length)
     for callback in trainer.callback_handler.callbacks:
         # TensorBoard opens its writer at the first log; before training (the initial evaluation)
@@ -241,6 +246,7 @@ def init_processes():
     Without a GPU, a multi-process launch (torchrun, `accelerate launch` with several
     processes) runs data-parallel over gloo, and each process gets its share of the cores.
     """
+    check_launch()  # FSDP or DeepSpeed asked for where accelerate would not apply it: one line, before any work
     state = PartialState(cpu=not has_accelerator())
     use_all_cpu_cores()
     return state

@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 from toolkit.data.clean import clean_corpus, drop_texts, example_hashes, log_stats
 from toolkit.data.sources import check_columns, check_source, load_sources, source_fingerprint
 from toolkit.errors import ToolkitError
-from toolkit.recipe import Recipe
+from toolkit.recipe import Model, Recipe
 from toolkit.tokenizer import pretrained_tokenizer_name
 
 logger = logging.getLogger("toolkit")
@@ -37,13 +37,13 @@ CACHE_FORMAT = 1  # bump when the cached layout or the pipeline's output changes
 @dataclass
 class PreparedData:
     """What a task's data stage gives the later stages: the training and held-out sets, the
-    tokenizer, the counts of every data step (data_stats.json), and anything task-specific."""
+    tokenizer and the counts of every data step (data_stats.json). A task that hands on more
+    subclasses it with named fields (seq2seq's held-out sources, QA's examples and windows)."""
 
     train: Dataset | None  # None: streamed, made while training
     eval: Dataset
     tokenizer: object
     stats: dict
-    extra: object = None  # e.g. QA's held-out examples and windows, or the resolved model spec
 
 
 def check_data(recipe: Recipe, fmt: str | None = None) -> None:
@@ -54,9 +54,10 @@ def check_data(recipe: Recipe, fmt: str | None = None) -> None:
             check_columns(source, fmt or recipe.data.format)
 
 
-def cache_path(recipe: Recipe, kind: str) -> Path:
-    """Where the data of `kind` (pretraining, finetuning, seq2seq-decoder-only, ...) for this recipe is cached.
-    The recipe's own task section counts; no other task's does."""
+def cache_path(recipe: Recipe, kind: str, model: Model) -> Path:
+    """Where the data of `kind` (pretraining, finetuning, seq2seq-decoder-only, ...) for this recipe is cached,
+    encoded for `model` (the resolved model spec, whose tokenizer it may use). The recipe's own task section
+    counts; no other task's does."""
     data, tok = recipe.data, recipe.tokenizer
     shaping = {k: v for k, v in asdict(data).items()  # bad_rows: data that loads at all is the same either way
                if k not in ("sources", "eval_sources", "cache_dir", "num_proc", "wait_timeout", "bad_rows")}
@@ -69,8 +70,8 @@ def cache_path(recipe: Recipe, kind: str) -> Path:
         "eval_sources": [source_fingerprint(s) for s in data.eval_sources],
         "data": shaping,
         "tokenizer": asdict(tok),
-        "tokenizer_from": _tokenizer_stamp(*pretrained_tokenizer_name(tok, recipe.model)),
-        "seed": recipe.training.get("seed"),
+        "tokenizer_from": _tokenizer_stamp(*pretrained_tokenizer_name(tok, model)),
+        "seed": recipe.seed,
     }
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(os.path.expanduser(data.cache_dir)) / kind / key
@@ -85,11 +86,11 @@ def _tokenizer_stamp(name: str | None, revision: str | None):
     return [name, revision]
 
 
-def cached(recipe: Recipe, kind: str, build) -> PreparedData:
+def cached(recipe: Recipe, kind: str, model: Model, build) -> PreparedData:
     """Load the cache, or build it. In a multi-process run only each machine's first process
     builds; the others wait for its cache on disk rather than in a collective, which a long
     preparation (a tokenizer trained on gigabytes) would time out."""
-    path = cache_path(recipe, kind)
+    path = cache_path(recipe, kind, model)
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
         _wait_for(path / "stats.json", recipe.data.wait_timeout)
     if (path / "stats.json").is_file():
@@ -159,7 +160,7 @@ def _store(data: PreparedData, path: Path) -> bool:
 
 def split_corpus(recipe: Recipe, fmt: str = "text") -> tuple[Dataset, Dataset, dict]:
     """Load, clean, hold out and weight: (train, held_out, stats), documents or examples."""
-    data, seed = recipe.data, recipe.training.get("seed", 42)
+    data, seed = recipe.data, recipe.seed
     num_proc = data.num_proc
     logger.info("data: loading %d source(s)", len(data.sources))
     bad = {}  # chat rows that are no conversation, skipped (data.bad_rows)

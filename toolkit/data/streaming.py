@@ -9,6 +9,7 @@ epoch counted in `max_steps`, and a resumed run skips exactly the batches it tra
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 
@@ -26,9 +27,13 @@ logger = logging.getLogger("toolkit")
 TOKENIZE_BATCH = 256  # documents tokenized together: the fast tokenizer's batch call pays off from here
 
 
+def _take(iterator, n: int) -> list:
+    return list(itertools.islice(iterator, n))
+
+
 def stream_documents(recipe: Recipe) -> IterableDataset:
     """The cleaned training corpus as a stream of `text`, sources mixed by weight."""
-    data, seed = recipe.data, recipe.training.get("seed", 42)
+    data, seed = recipe.data, recipe.seed
     streams = [load_source(s, i, "text", streaming=True).remove_columns(["source"]) for i, s in enumerate(data.sources)]
     if len(streams) > 1:
         # Weights become sampling probabilities: a stream has no length to repeat documents against.
@@ -107,7 +112,7 @@ class PackedStream(torch.utils.data.IterableDataset):
             shuffled.set_epoch(epoch)
             mine = itertools.islice(shuffled, worker, None, workers)
             read = 0
-            for batch in iter(lambda: list(itertools.islice(mine, TOKENIZE_BATCH)), []):
+            for batch in iter(functools.partial(_take, mine, TOKENIZE_BATCH), []):
                 read += len(batch)
                 for ids in encode_ids([d["text"] for d in batch]):
                     tokens += bos + ids + eos

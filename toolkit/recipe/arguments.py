@@ -86,8 +86,9 @@ def resolve_output_dir(value, origins: OriginMap) -> str:
     return expanded
 
 
-def check_consistency(recipe: Recipe, origins: OriginMap) -> None:
-    """Rules that span keys, and TrainingArguments' own checks, all before any work."""
+def check_consistency(recipe: Recipe, origins: OriginMap, task=None) -> None:
+    """Rules that span keys, and TrainingArguments' own checks, all before any work. The arguments built
+    for that check are the run's: `recipe.arguments`, of the class and with the keywords of `task`."""
     for section, sources in (("sources", recipe.data.sources), ("eval_sources", recipe.data.eval_sources)):
         for i, src in enumerate(sources):
             given = [k for k in ("builtin", "hub", "files") if getattr(src, k)]
@@ -131,8 +132,10 @@ def check_consistency(recipe: Recipe, origins: OriginMap) -> None:
             f"{origins(('evaluation', 'early_stopping_patience'))}: early stopping needs evaluations during training;"
             " set training.eval_strategy to steps or epoch"
         )
+    arguments_class = getattr(task, "arguments_class", TrainingArguments)
+    own = task.trainer_arguments(recipe) if task is not None else {}
     try:
-        TrainingArguments(**training_arguments(recipe))
+        recipe.arguments = arguments_class(**training_arguments(recipe), **own)
     except (ValueError, TypeError, ImportError) as err:
         raise ToolkitError(f"{origins(('training',))}: training: {first_line(err)}") from None
 

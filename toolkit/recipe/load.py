@@ -125,7 +125,8 @@ def _apply_override(raw: dict, item: str, origins: OriginMap) -> None:
     node = raw
     for depth, key in enumerate(keys[:-1]):
         if isinstance(node, list) and not isinstance(key, int):
-            raise ToolkitError(f"override {item!r}: '{dotted(keys[:depth])}' is a list; address an item by index, e.g. {dotted(keys[:depth])}[0].{key}")
+            raise ToolkitError(f"override {item!r}: '{dotted(keys[:depth])}' is a list; address an item by index,"
+                               f" e.g. {dotted(keys[:depth])}[0].{key}")
         if isinstance(key, int):
             if not isinstance(node, list) or key >= len(node):
                 raise ToolkitError(f"override {item!r}: '{dotted(keys[:depth])}' has no item {key}")
@@ -136,7 +137,8 @@ def _apply_override(raw: dict, item: str, origins: OriginMap) -> None:
             node = node[key]
     last = keys[-1]
     if isinstance(node, list) and not isinstance(last, int):
-        raise ToolkitError(f"override {item!r}: '{dotted(keys[:-1])}' is a list; address an item by index, e.g. {dotted(keys[:-1])}[0].{last}")
+        raise ToolkitError(f"override {item!r}: '{dotted(keys[:-1])}' is a list; address an item by index,"
+                           f" e.g. {dotted(keys[:-1])}[0].{last}")
     if isinstance(last, int):
         if not isinstance(node, list) or last > len(node):
             raise ToolkitError(f"override {item!r}: '{dotted(keys[:-1])}' has no item {last}")
@@ -172,5 +174,5 @@ def build_recipe(raw: dict, origins: OriginMap, path: str, tasks: Mapping | None
         sections[key] = build_training(value, origins) if key == "training" else build_dataclass(cls, value, (key,), origins)
     section = build_dataclass(own, raw.get(name) or {}, (name,), origins) if own else None
     recipe = Recipe(task=name, **sections, section=section, path=path)
-    check_consistency(recipe, origins)
+    check_consistency(recipe, origins, tasks[name])
     return recipe

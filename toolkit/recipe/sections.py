@@ -166,6 +166,9 @@ class Recipe:
     hub: Hub = field(default_factory=Hub)
     section: Any = None  # the task's own section (a dataclass of the task package), or None
     path: str | None = field(default=None, compare=False)  # the file it came from
+    # The `training:` section as the TrainingArguments of the recipe's task, built once when the
+    # recipe is checked (load.py); every Trainer of the run takes these.
+    arguments: Any = field(default=None, compare=False, repr=False)
 
     def __getattr__(self, name: str):
         # Only reached for names that are not fields: the task's section under the task's name.
@@ -175,6 +178,11 @@ class Recipe:
         raise AttributeError(f"a {fields.get('task')} recipe has no section {name!r}")
 
     @property
+    def seed(self) -> int:
+        """The one seed of a run: data order, held-out split, initial weights, samples (defaults set it)."""
+        return self.training["seed"]
+
+    @property
     def output_dir(self) -> Path:
         return Path(self.training["output_dir"])
 
@@ -182,7 +190,7 @@ class Recipe:
         """The resolved recipe as plain data, the task first and its section last; secrets left out unless asked for."""
         out = {"task": self.task}
         for f in dataclasses.fields(self):
-            if f.name in ("task", "section", "path"):
+            if f.name in ("task", "section", "path", "arguments"):
                 continue
             value = getattr(self, f.name)
             value = dict(value) if isinstance(value, dict) else dataclasses.asdict(value)

@@ -8,7 +8,6 @@ tokenizer and chat template, learned on the completion only, and packed padding-
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -19,14 +18,17 @@ from toolkit.data.prepare import PreparedData, check_data, split_corpus
 from toolkit.errors import ToolkitError
 from toolkit.evaluation import generate_samples
 from toolkit.modeling import (
-    build_policy, check_block_size, check_lora, load_model_config, local_model_config, locate_pretrained,
+    ResolvedModel,
+    build_policy,
+    check_lora,
+    load_model_config,
+    local_model_config,
     resolve_pretrained,
 )
 from toolkit.recipe import Recipe
-from toolkit.task import Task
+from toolkit.task import Panel, Task
 from toolkit.tasks.causal_lm.data import prepare_finetuning_data, prepare_pretraining_data
 from toolkit.tasks.causal_lm.trainer import build_trainer, samples
-from toolkit.tokenizer import load_pretrained_tokenizer, pretrained_tokenizer_name
 
 
 class CausalLM(Task):
@@ -35,19 +37,14 @@ class CausalLM(Task):
     metrics = {"perplexity": ("perplexity", "Perplexity")}
     pipeline_tag = "text-generation"
     task_name = "Causal language modeling"
+    panel = Panel("Evaluation perplexity", {"perplexity": "perplexity"}, log_scale=True)
 
-    def check(self, recipe: Recipe) -> list[str]:
-        data, spec = recipe.data, recipe.model
-        done = []
-        if spec.name_or_path:
-            where = locate_pretrained(spec.name_or_path)
-            done.append(f"pretrained model {where}")
-            if Path(where).exists():  # a Hub model's config is read once the run starts
-                check_block_size(load_model_config(spec), data.row_length, f"data.{data.row_key}")
+    def check(self, recipe: Recipe, model: ResolvedModel) -> list[str]:
+        data = recipe.data
+        if model.path:
+            done = [f"pretrained model {model.path}"]
         else:
-            config = load_model_config(spec)
-            check_block_size(config, data.row_length, f"data.{data.row_key}")
-            done.append(f"{config.model_type} model from a config, {data.row_key} {data.row_length}")
+            done = [f"{model.config.model_type} model from a config, {data.row_key} {data.row_length}"]
             if recipe.lora.enabled:
                 raise ToolkitError("lora.enabled adapts pretrained weights, and a model built from a config has none;"
                                    " set model.name_or_path or lora.enabled=false")
@@ -64,14 +61,13 @@ class CausalLM(Task):
         done.append(f"{len(data.sources)} data source(s) found")
         return done
 
-    def prepare_data(self, recipe: Recipe, state) -> PreparedData:
-        with state.main_process_first():  # a GGUF file is converted once, on the main process
-            spec = resolve_pretrained(recipe.model, recipe.data.cache_dir)
-        return _prepare(recipe, spec)
+    def prepare_data(self, recipe: Recipe, model: ResolvedModel) -> PreparedData:
+        if recipe.data.format == "text":  # blocks, with the pretrained tokenizer or a new BPE
+            return prepare_pretraining_data(recipe, model.spec)
+        return prepare_finetuning_data(recipe, model.spec)
 
-    def build_model(self, recipe: Recipe, data: PreparedData):
-        spec, config = data.extra
-        return build_policy(recipe, spec, config, data.tokenizer)
+    def build_model(self, recipe: Recipe, model: ResolvedModel, data: PreparedData):
+        return build_policy(recipe, model, data.tokenizer)
 
     def build_trainer(self, recipe: Recipe, model, data: PreparedData):
         return build_trainer(recipe, model, data.tokenizer, data.train, data.eval)
@@ -97,7 +93,7 @@ class CausalLM(Task):
         return PlanModel.from_config(model, config, source)
 
     def rescore(self, recipe: Recipe, run_dir: Path) -> dict:
-        data = _prepare(recipe, resolve_pretrained(recipe.model, recipe.data.cache_dir))
+        data = self.prepare_data(recipe, ResolvedModel(resolve_pretrained(recipe.model, recipe.data.cache_dir), None))
         tokenizer = AutoTokenizer.from_pretrained(run_dir)
         model = AutoModelForCausalLM.from_pretrained(run_dir)  # an adapter folder loads onto its base
         return build_trainer(recipe, model, tokenizer, data.train, data.eval).evaluate()
@@ -111,17 +107,3 @@ class CausalLM(Task):
                                  settings["top_k"], seed=settings["seed"], chat=settings["chat"])
         return [s["completion"] if settings["chat"] else s["prompt"] + s["completion"] for s in drawn]
 
-
-def _prepare(recipe: Recipe, spec) -> PreparedData:
-    """Blocks of text (with the pretrained tokenizer, or a new BPE), or encoded examples, for the resolved model."""
-    resolved = dataclasses.replace(recipe, model=spec)
-    config = load_model_config(spec)
-    check_block_size(config, recipe.data.row_length, f"data.{recipe.data.row_key}")
-    if recipe.data.format == "text":
-        data = prepare_pretraining_data(resolved)
-    else:
-        name, revision = pretrained_tokenizer_name(recipe.tokenizer, spec)
-        tokenizer = load_pretrained_tokenizer(name, recipe.tokenizer, recipe.tokenizer.revision or revision)
-        data = prepare_finetuning_data(resolved, tokenizer)
-    data.extra = (spec, config)
-    return data

@@ -15,45 +15,48 @@ from toolkit.data.packing import count_tokens, pack, pack_examples, tokenize
 from toolkit.data.prepare import PreparedData, cached, split_corpus
 from toolkit.data.streaming import PackedStream, prepare_streaming, training_documents
 from toolkit.errors import ToolkitError
-from toolkit.recipe import Recipe
+from toolkit.recipe import Model, Recipe
 from toolkit.tasks.causal_lm.encoding import encode_examples
 from toolkit.tokenizer import load_pretrained_tokenizer, pretrained_tokenizer_name, train_bpe
 
 logger = logging.getLogger("toolkit")
 
 
-def prepare_pretraining_data(recipe: Recipe) -> PreparedData:
-    """Packed blocks and their tokenizer, from the cache or built and stored there.
+def prepare_pretraining_data(recipe: Recipe, model: Model) -> PreparedData:
+    """Packed blocks and their tokenizer (the pretrained one of `model`, the resolved model spec, or a new
+    BPE), from the cache or built and stored there.
 
     With data.streaming, only the held-out blocks and the tokenizer are cached; training
     blocks are made while training, from the stream (see streaming.py).
     """
     if not recipe.data.streaming:
-        return cached(recipe, "pretraining", lambda: _build_pretraining(recipe))
+        return cached(recipe, "pretraining", model, lambda: _build_pretraining(recipe, model))
 
     def build():
         found = {}
         eval_blocks, tokenizer, stats = prepare_streaming(
-            recipe, lambda texts, count: _pretraining_tokenizer(recipe, texts, count, found))
+            recipe, lambda texts, count: _pretraining_tokenizer(recipe, model, texts, count, found))
         return PreparedData(None, eval_blocks, tokenizer, {**stats, **found, "from_cache": False})
 
-    data = cached(recipe, "pretraining-stream", build)
+    data = cached(recipe, "pretraining-stream", model, build)
     data.train = PackedStream(training_documents(recipe), data.tokenizer, recipe.data.block_size,
-                              recipe.training.get("seed", 42), recipe.data.shuffle_buffer)
+                              recipe.seed, recipe.data.shuffle_buffer)
     return data
 
 
-def prepare_finetuning_data(recipe: Recipe, tokenizer) -> PreparedData:
+def prepare_finetuning_data(recipe: Recipe, model: Model) -> PreparedData:
     """Encoded (and, by default, packed) prompt/completion or chat examples for the model's own tokenizer."""
-    return cached(recipe, "finetuning", lambda: _build_finetuning(recipe, tokenizer))
+    name, revision = pretrained_tokenizer_name(recipe.tokenizer, model)
+    tokenizer = load_pretrained_tokenizer(name, recipe.tokenizer, recipe.tokenizer.revision or revision)
+    return cached(recipe, "finetuning", model, lambda: _build_finetuning(recipe, tokenizer))
 
 
-def _build_pretraining(recipe: Recipe) -> PreparedData:
+def _build_pretraining(recipe: Recipe, model: Model) -> PreparedData:
     data = recipe.data
     num_proc = data.num_proc
     train, held_out, stats = split_corpus(recipe)
 
-    tokenizer = _pretraining_tokenizer(recipe, _batches(train), len(train), stats)
+    tokenizer = _pretraining_tokenizer(recipe, model, _batches(train), len(train), stats)
     train_ids = tokenize(train, tokenizer, num_proc)
     eval_ids = tokenize(held_out, tokenizer, num_proc)
     train_blocks, dropped = pack(train_ids, data.block_size)
@@ -80,9 +83,9 @@ def _build_pretraining(recipe: Recipe) -> PreparedData:
     return PreparedData(train_blocks, eval_blocks, tokenizer, stats)
 
 
-def _pretraining_tokenizer(recipe: Recipe, texts, count: int, stats: dict):
+def _pretraining_tokenizer(recipe: Recipe, model: Model, texts, count: int, stats: dict):
     """The recipe's pretrained tokenizer, or a byte-level BPE trained on `texts` (about `count` of them)."""
-    name, revision = pretrained_tokenizer_name(recipe.tokenizer, recipe.model)
+    name, revision = pretrained_tokenizer_name(recipe.tokenizer, model)
     if name:
         tokenizer = load_pretrained_tokenizer(name, recipe.tokenizer, revision)
         stats["tokenizer"] = {"pretrained": name, "vocab_size": len(tokenizer)}

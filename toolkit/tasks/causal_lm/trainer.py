@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from toolkit.data.packing import CausalCollator, FlatteningCollator, PackedRowsCollator
 from toolkit.evaluation import compute_perplexity, generate_samples, token_nll
 from toolkit.recipe import Recipe
-from toolkit.training import FusedLoss, SafeTraining, finish_setup, fused_loss, trainer_keywords
+from toolkit.training import FusedLoss, SafeTraining, fused_loss, trainer_keywords
 
 
 class CausalLMTrainer(SafeTraining, FusedLoss, Trainer):
@@ -42,7 +42,7 @@ class CausalLMTrainer(SafeTraining, FusedLoss, Trainer):
 
 def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset) -> CausalLMTrainer:
     packed = "position_ids" in (getattr(train_dataset, "column_names", None) or [])  # a stream has none
-    trainer = finish_setup(recipe, CausalLMTrainer(
+    trainer = CausalLMTrainer(
         model=model,
         data_collator=FlatteningCollator() if packed else CausalCollator(tokenizer.pad_token_id),
         eval_data_collator=PackedRowsCollator(tokenizer.pad_token_id) if packed else None,
@@ -51,8 +51,8 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset)
         processing_class=tokenizer,
         compute_metrics=compute_perplexity,
         preprocess_logits_for_metrics=token_nll,
-        **trainer_keywords(recipe, TrainingArguments, model=model),
-    ), recipe.data.row_length)
+        **trainer_keywords(recipe),
+    )
     trainer.fused_loss = fused_loss(recipe, trainer)
     return trainer
 
@@ -62,5 +62,5 @@ def samples(trainer, recipe: Recipe) -> list[dict]:
     ev = recipe.evaluation
     return generate_samples(
         trainer.model, trainer.processing_class, ev.sample_prompts, ev.max_new_tokens, ev.temperature, ev.top_k,
-        seed=recipe.training.get("seed", 42), chat=recipe.data.format == "chat",
+        seed=recipe.seed, chat=recipe.data.format == "chat",
     )

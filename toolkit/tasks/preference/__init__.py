@@ -9,24 +9,20 @@ the losses and scores, trainer.py the Trainer and the reference.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from toolkit.budget import PlanModel
-from toolkit.data.prepare import PreparedData
 from toolkit.data.sources import check_source
 from toolkit.evaluation import generate_samples
-from toolkit.modeling import (
-    build_model, build_policy, check_block_size, check_lora, load_model_config, local_model_config, locate_pretrained,
-    resolve_pretrained,
-)
+from toolkit.modeling import ResolvedModel, build_model, build_policy, check_lora, local_model_config
 from toolkit.recipe import Recipe
-from toolkit.task import Task
-from toolkit.tasks.preference.data import prepare_preference_data
+from toolkit.task import Panel, Task
+from toolkit.tasks.preference.data import PreferenceData, prepare_preference_data
 from toolkit.tasks.preference.examples import split_pairs
 from toolkit.tasks.preference.section import (
     METHODS,
@@ -36,7 +32,6 @@ from toolkit.tasks.preference.section import (
     reference_mode,
 )
 from toolkit.tasks.preference.trainer import build_preference_trainer, samples
-from toolkit.tokenizer import load_pretrained_tokenizer, pretrained_tokenizer_name
 
 
 class PreferenceTask(Task):
@@ -49,18 +44,17 @@ class PreferenceTask(Task):
                "logps_accuracy": ("logps_accuracy", "Chosen more likely than rejected")}
     pipeline_tag = "text-generation"
     task_name = "Preference tuning"
+    panel = Panel("Held-out reward margin and accuracy",
+                  {"reward_margin": "reward margin", "reward_accuracy": "reward accuracy"})
     card_intro = ("On held-out pairs whose prompts were never trained on. A completion's reward is the method's"
                   " implicit reward: beta times the policy's log-probability of it minus the reference's (DPO, IPO,"
                   " hinge, robust DPO; every reward is 0 before training, when the policy is the reference), or from"
                   " the policy alone (SimPO, ORPO). Reward accuracy is the share of pairs whose chosen completion has"
                   " the higher reward; the margin is their mean difference.")
 
-    def check(self, recipe: Recipe) -> list[str]:
+    def check(self, recipe: Recipe, model: ResolvedModel) -> list[str]:
         check_preference_recipe(recipe)
         check_lora(recipe.lora)
-        where = locate_pretrained(recipe.model.name_or_path)
-        if Path(where).exists():  # a Hub model's config is read once the run starts
-            check_block_size(load_model_config(recipe.model), recipe.data.max_length, "data.max_length")
         for source in recipe.data.sources + recipe.data.eval_sources:
             if not source.builtin:
                 check_source(source)
@@ -68,23 +62,22 @@ class PreferenceTask(Task):
         mode = reference_mode(recipe)
         described = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "loss")
         return [f"{METHODS[settings['loss']]} ({described}), reference: {mode or 'none (reference-free)'}",
-                f"pretrained policy {where}" + (" with LoRA" if recipe.lora.enabled else ""),
+                f"pretrained policy {model.path}" + (" with LoRA" if recipe.lora.enabled else ""),
                 f"{len(recipe.data.sources)} data source(s) found"]
 
-    def prepare_data(self, recipe: Recipe, state) -> PreparedData:
-        with state.main_process_first():  # a GGUF file is converted once, on the main process
-            spec = resolve_pretrained(recipe.model, recipe.data.cache_dir)
-        return _prepare(recipe, spec)
+    def trainer_arguments(self, recipe: Recipe) -> dict:
+        return {"remove_unused_columns": False}  # the collator reads the pairs' own columns
 
-    def build_model(self, recipe: Recipe, data: PreparedData):
-        spec, config = data.extra
-        return build_policy(recipe, spec, config, data.tokenizer)
+    def prepare_data(self, recipe: Recipe, model: ResolvedModel) -> PreferenceData:
+        return prepare_preference_data(recipe, model)
 
-    def build_trainer(self, recipe: Recipe, model, data: PreparedData):
-        resolved = dataclasses.replace(recipe, model=data.extra[0])  # precomputed log-probs are keyed by its files
-        return build_preference_trainer(resolved, model, data.tokenizer, data.train, data.eval, data.stats.get("cache"))
+    def build_model(self, recipe: Recipe, model: ResolvedModel, data: PreferenceData):
+        return build_policy(recipe, model, data.tokenizer)
 
-    def draw(self, data: PreparedData):
+    def build_trainer(self, recipe: Recipe, model, data: PreferenceData):
+        return build_preference_trainer(recipe, model, data)
+
+    def draw(self, data: PreferenceData):
         return samples
 
     def documents(self, recipe: Recipe) -> tuple[int, int]:
@@ -102,19 +95,17 @@ class PreferenceTask(Task):
 
     def rescore(self, recipe: Recipe, run_dir: Path) -> dict:
         """The saved policy against the run's reference: its base with the adapter off, or the base model."""
-        spec = resolve_pretrained(recipe.model, recipe.data.cache_dir)
-        data = _prepare(recipe, spec)
-        tokenizer = AutoTokenizer.from_pretrained(run_dir)
+        base = self.locate_model(recipe)
+        data = prepare_preference_data(recipe, base.materialized(recipe.data.cache_dir, PartialState()))
         mode, reference = reference_mode(recipe), None
         if recipe.lora.enabled:
             model = AutoPeftModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
         else:
             model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+        data.tokenizer = AutoTokenizer.from_pretrained(run_dir)
         if mode == "model" or (mode == "precomputed" and not recipe.lora.enabled):
-            reference = build_model(spec, data.extra[1], tokenizer, seed=recipe.training["seed"])
-        trainer = build_preference_trainer(dataclasses.replace(recipe, model=spec), model, tokenizer, data.train,
-                                           data.eval, data.stats.get("cache"), reference_model=reference)
-        return trainer.evaluate()
+            reference = build_model(data.base.spec, data.base.config, data.tokenizer, seed=recipe.seed)
+        return build_preference_trainer(recipe, model, data, reference_model=reference).evaluate()
 
     def generate(self, folder: Path, recipe: Recipe, prompts: list[str], settings: dict) -> list[str]:
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -124,14 +115,3 @@ class PreferenceTask(Task):
                                  chat=settings["chat"] or recipe.preference.chat_template)
         return [s["completion"] for s in drawn]
 
-
-def _prepare(recipe: Recipe, spec) -> PreparedData:
-    """The pairs encoded with the resolved model's tokenizer (and chat template)."""
-    resolved = dataclasses.replace(recipe, model=spec)
-    config = load_model_config(spec)
-    check_block_size(config, recipe.data.max_length, "data.max_length")
-    name, revision = pretrained_tokenizer_name(recipe.tokenizer, spec)
-    tokenizer = load_pretrained_tokenizer(name, recipe.tokenizer, recipe.tokenizer.revision or revision)
-    data = prepare_preference_data(resolved, tokenizer)
-    data.extra = (spec, config)
-    return data

@@ -19,9 +19,16 @@ from datasets import Dataset, Features, Sequence, Value
 from toolkit.data.prepare import PreparedData, cached
 from toolkit.errors import ToolkitError
 from toolkit.loss import IGNORE
+from toolkit.modeling import ResolvedModel
 from toolkit.recipe import Recipe
 from toolkit.tasks.preference.examples import split_pairs
-from toolkit.tokenizer import bos_ids, ensure_chat_template, render_chat
+from toolkit.tokenizer import (
+    bos_ids,
+    ensure_chat_template,
+    load_pretrained_tokenizer,
+    pretrained_tokenizer_name,
+    render_chat,
+)
 
 logger = logging.getLogger("toolkit")
 
@@ -29,9 +36,19 @@ FEATURES = Features({"chosen_input_ids": Sequence(Value("int32")), "rejected_inp
                      "prompt_length": Value("int32"), "prompt": Value("string")})
 
 
-def prepare_preference_data(recipe: Recipe, tokenizer) -> PreparedData:
-    """Encoded training and held-out pairs, through the core's cache (`recipe`: its model resolved)."""
-    return cached(recipe, "preference", lambda: _build(recipe, tokenizer))
+@dataclass
+class PreferenceData(PreparedData):
+    """The encoded pairs, and the base policy they were encoded for: the reference's log-probs are its own."""
+
+    base: ResolvedModel | None = None
+
+
+def prepare_preference_data(recipe: Recipe, model: ResolvedModel) -> PreferenceData:
+    """Training and held-out pairs encoded with the policy's tokenizer (and chat template), through the core's cache."""
+    name, revision = pretrained_tokenizer_name(recipe.tokenizer, model.spec)
+    tokenizer = load_pretrained_tokenizer(name, recipe.tokenizer, recipe.tokenizer.revision or revision)
+    data = cached(recipe, "preference", model.spec, lambda: _build(recipe, tokenizer))
+    return PreferenceData(data.train, data.eval, data.tokenizer, data.stats, base=model)
 
 
 def _build(recipe: Recipe, tokenizer) -> PreparedData:

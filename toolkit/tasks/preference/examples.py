@@ -136,7 +136,7 @@ def split_pairs(recipe: Recipe) -> tuple[list[dict], list[dict], dict]:
         if len(keys) < 2:
             raise ToolkitError(f"{len(pairs)} pair(s) with {len(keys)} prompt(s): need at least 2 prompts to hold one out;"
                                " add data.sources")
-        rng = np.random.default_rng(recipe.training.get("seed", 42))
+        rng = np.random.default_rng(recipe.seed)
         n_eval = max(1, round(len(keys) * data.eval_fraction))
         chosen = {keys[i] for i in rng.permutation(len(keys))[:n_eval]}
         held_out = [p for p in pairs if p["key"] in chosen]

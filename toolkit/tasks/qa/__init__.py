@@ -9,24 +9,27 @@ and span labels, spans.py the answers and EM/F1, model.py the model and its Trai
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForQuestionAnswering
 
 from toolkit.budget import PlanModel, new_vocabulary
-from toolkit.data.prepare import PreparedData
 from toolkit.errors import ToolkitError
-from toolkit.modeling import check_block_size, load_model_config, local_model_config, locate_pretrained
-from toolkit.recipe import Model, Recipe
+from toolkit.modeling import ResolvedModel, check_block_size, load_model_config, local_model_config, locate_pretrained
+from toolkit.recipe import Recipe
 from toolkit.task import Task
 from toolkit.tasks.qa.examples import load_qa_examples
 from toolkit.tasks.qa.model import (
-    answers, build_qa_model, build_qa_trainer, check_qa_model, load_qa_tokenizer, write_predictions,
+    answers,
+    build_qa_model,
+    build_qa_trainer,
+    check_qa_model,
+    load_qa_tokenizer,
+    write_predictions,
 )
 from toolkit.tasks.qa.section import QA, check_qa_recipe
-from toolkit.tasks.qa.windows import prepare_qa_data
+from toolkit.tasks.qa.windows import QAData, prepare_qa_data
 
 
 class QATask(Task):
@@ -37,30 +40,36 @@ class QATask(Task):
     pipeline_tag = "question-answering"
     task_name = "Extractive question answering"
 
-    def check(self, recipe: Recipe) -> list[str]:
-        check_qa_recipe(recipe)
-        config = load_model_config(_located(recipe.model))
-        check_qa_model(config)
+    def locate_model(self, recipe: Recipe) -> ResolvedModel:
+        """As every task locates its model, and a Hub model's config read now too: the span head is checked
+        before any work."""
+        model = super().locate_model(recipe)
+        if model.config is not None:
+            return model
+        config = load_model_config(model.spec)
         check_block_size(config, recipe.qa.max_length, "qa.max_length")
+        return ResolvedModel(model.spec, config)
+
+    def check(self, recipe: Recipe, model: ResolvedModel) -> list[str]:
+        check_qa_recipe(recipe)
+        check_qa_model(model.config)
         if not (recipe.tokenizer.name_or_path or recipe.model.name_or_path):
             raise ToolkitError("a span model reads a pretrained tokenizer: set tokenizer.name_or_path"
                                " (or model.name_or_path)")
-        return [f"{config.model_type} encoder with a span head, windows of {recipe.qa.max_length} tokens",
+        return [f"{model.config.model_type} encoder with a span head, windows of {recipe.qa.max_length} tokens",
                 f"{len(recipe.data.sources)} data source(s) found"]
 
-    def prepare_data(self, recipe: Recipe, state) -> PreparedData:
-        name = recipe.tokenizer.name_or_path or recipe.model.name_or_path
-        tokenizer = load_qa_tokenizer(locate_pretrained(name), recipe.tokenizer.revision)
-        return prepare_qa_data(recipe, tokenizer)
+    def prepare_data(self, recipe: Recipe, model: ResolvedModel) -> QAData:
+        name = recipe.tokenizer.name_or_path or model.path
+        return prepare_qa_data(recipe, load_qa_tokenizer(locate_pretrained(name), recipe.tokenizer.revision))
 
-    def build_model(self, recipe: Recipe, data: PreparedData):
-        spec = _located(recipe.model)
-        return build_qa_model(spec, load_model_config(spec), data.tokenizer, seed=recipe.training["seed"])
+    def build_model(self, recipe: Recipe, model: ResolvedModel, data: QAData):
+        return build_qa_model(model.spec, model.config, data.tokenizer, seed=recipe.seed)
 
-    def build_trainer(self, recipe: Recipe, model, data: PreparedData):
+    def build_trainer(self, recipe: Recipe, model, data: QAData):
         return build_qa_trainer(recipe, model, data.tokenizer, data)
 
-    def draw(self, data: PreparedData):
+    def draw(self, data: QAData):
         return answers
 
     def finish(self, trainer, recipe: Recipe) -> None:
@@ -91,9 +100,3 @@ class QATask(Task):
         model = AutoModelForQuestionAnswering.from_pretrained(run_dir)
         return build_qa_trainer(recipe, model, tokenizer, data).evaluate()
 
-
-def _located(spec: Model) -> Model:
-    """The spec with a `package:` or `~` path made a real path (the span head is built from the folder)."""
-    if not spec.name_or_path:
-        return spec
-    return dataclasses.replace(spec, name_or_path=locate_pretrained(spec.name_or_path))

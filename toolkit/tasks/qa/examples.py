@@ -185,7 +185,7 @@ def load_qa_examples(recipe: Recipe) -> tuple[Dataset, Dataset, dict]:
         _check_unique_ids(held_out)
     else:
         _check_unique_ids(train)
-        train, held_out = split_by_context(train, recipe.data.eval_fraction, recipe.training.get("seed", 42))
+        train, held_out = split_by_context(train, recipe.data.eval_fraction, recipe.seed)
     if len(train) == 0 or len(held_out) == 0:
         raise ToolkitError(f"no examples left for {'training' if len(train) == 0 else 'evaluation'} after the checks"
                            f" (counts: {stats['sources']}); check data.sources and qa.version_2")

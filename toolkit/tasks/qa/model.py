@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import torch
 from transformers import (
-    AutoModelForQuestionAnswering, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed,
+    AutoModelForQuestionAnswering,
+    DataCollatorWithPadding,
+    Trainer,
+    set_seed,
 )
 from transformers.models.auto import modeling_auto
 
-from toolkit.data.prepare import PreparedData
 from toolkit.errors import ToolkitError, first_line
 from toolkit.modeling import is_decoder_only
 from toolkit.outputs import write_json
 from toolkit.recipe import Recipe
 from toolkit.tasks.qa.spans import SpanScores
+from toolkit.tasks.qa.windows import QAData
 from toolkit.tokenizer import open_tokenizer
-from toolkit.training import SafeTraining, finish_setup, trainer_keywords
+from toolkit.training import SafeTraining, trainer_keywords
 
 PREDICTIONS_FILE = "predictions.json"
 
@@ -73,15 +76,14 @@ class QATrainer(SafeTraining, Trainer):
     """The toolkit's safeguards (complete checkpoints, NaN stop) on transformers' Trainer."""
 
 
-def build_qa_trainer(recipe: Recipe, model, tokenizer, data: PreparedData) -> QATrainer:
+def build_qa_trainer(recipe: Recipe, model, tokenizer, data: QAData) -> QATrainer:
     """Padding per batch, and EM/F1 of the answers the held-out windows' logits give."""
-    examples, features = data.extra
-    return finish_setup(recipe, QATrainer(
+    return QATrainer(
         model=model, data_collator=DataCollatorWithPadding(tokenizer), train_dataset=data.train,
         eval_dataset=data.eval, processing_class=tokenizer,
-        compute_metrics=SpanScores(examples, features, recipe.qa),
-        **trainer_keywords(recipe, TrainingArguments),
-    ), recipe.qa.max_length)
+        compute_metrics=SpanScores(data.examples, data.features, recipe.qa),
+        **trainer_keywords(recipe),
+    )
 
 
 def answers(trainer, recipe: Recipe) -> list[dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from datasets import Dataset
@@ -98,9 +99,17 @@ def model_inputs(features: Dataset, tokenizer) -> Dataset:
     return features.select_columns(keep)
 
 
-def prepare_qa_data(recipe: Recipe, tokenizer) -> PreparedData:
-    """Examples loaded and checked, split, and cut into windows for training and for evaluation.
-    `extra`: the held-out examples and their windows (with example ids and offsets), for post-processing."""
+@dataclass
+class QAData(PreparedData):
+    """The windows as the model reads them, and what turns the held-out windows' logits back into answers:
+    the held-out examples and their windows (with example ids and offsets)."""
+
+    examples: Dataset | None = None
+    features: Dataset | None = None
+
+
+def prepare_qa_data(recipe: Recipe, tokenizer) -> QAData:
+    """Examples loaded and checked, split, and cut into windows for training and for evaluation."""
     started = time.time()
     train, held_out, stats = load_qa_examples(recipe)
     qa, num_proc = recipe.qa, recipe.data.num_proc
@@ -118,5 +127,5 @@ def prepare_qa_data(recipe: Recipe, tokenizer) -> PreparedData:
     logger.info("data: %d training windows from %d questions, %d held-out windows (%d holding an answer); max_length"
                 " %d, stride %d", len(train_features), len(train), len(eval_features), in_window, qa.max_length,
                 qa.doc_stride)
-    return PreparedData(model_inputs(train_features, tokenizer), model_inputs(eval_features, tokenizer), tokenizer, stats,
-                        extra=(held_out, eval_features))
+    return QAData(model_inputs(train_features, tokenizer), model_inputs(eval_features, tokenizer), tokenizer, stats,
+                  examples=held_out, features=eval_features)

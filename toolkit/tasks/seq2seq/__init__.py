@@ -8,28 +8,45 @@ ROUGE, from the toolkit's offline metric modules, with the recipe's beam setting
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
 from transformers import (
-    AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, EncoderDecoderConfig, EncoderDecoderModel,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    EncoderDecoderConfig,
+    EncoderDecoderModel,
+    Seq2SeqTrainingArguments,
 )
 
 from toolkit.budget import PlanModel, new_vocabulary
-from toolkit.data.prepare import PreparedData, check_data, split_corpus
+from toolkit.data.prepare import check_data, split_corpus
 from toolkit.errors import ToolkitError
 from toolkit.modeling import (
-    apply_lora, check_lora, load_model_config, local_model_config, max_positions, resolve_pretrained,
+    ResolvedModel,
+    apply_lora,
+    check_lora,
+    load_model_config,
+    local_model_config,
+    locate_model,
+    max_positions,
+    resolve_pretrained,
 )
 from toolkit.outputs import read_json
 from toolkit.recipe import Model, Recipe
 from toolkit.scoring import generation_metrics
 from toolkit.task import Task
-from toolkit.tasks.seq2seq.data import held_out_sources, prepare_seq2seq_data
+from toolkit.tasks.seq2seq.data import Seq2SeqData, prepare_seq2seq_data
 from toolkit.tasks.seq2seq.model import build_seq2seq_model, configure_generation, model_architecture, translate
 from toolkit.tasks.seq2seq.section import (
-    DECODER_ONLY, ENCODER_DECODER, Seq2Seq, check_decoder_only, check_generation, check_metrics, metric_names,
+    DECODER_ONLY,
+    ENCODER_DECODER,
+    Seq2Seq,
+    check_decoder_only,
+    check_generation,
+    check_metrics,
+    metric_names,
     metric_options,
 )
 from toolkit.tasks.seq2seq.trainer import build_seq2seq_trainer, samples, sequence_length, write_predictions
@@ -43,8 +60,20 @@ class Seq2SeqTask(Task):
                "rouge2": ("rouge", "ROUGE-2"), "rougeL": ("rouge", "ROUGE-L"), "rougeLsum": ("rouge", "ROUGE-Lsum")}
     pipeline_tag = "translation"
     task_name = "Translation"
+    arguments_class = Seq2SeqTrainingArguments
 
-    def check(self, recipe: Recipe) -> list[str]:
+    def locate_model(self, recipe: Recipe) -> ResolvedModel:
+        """The model found and its config read (rows are not checked against its positions: an encoder-decoder
+        reads the source and writes the target in two stacks); a warm-started encoder-decoder is assembled
+        from its parts when built."""
+        if recipe.seq2seq.encoder:
+            return ResolvedModel(recipe.model, None)
+        return locate_model(recipe.model)
+
+    def resolve_model(self, recipe: Recipe, located: ResolvedModel, state) -> ResolvedModel:
+        return located.materialized(recipe.data.cache_dir, state)  # rows checked by neither stack's positions
+
+    def check(self, recipe: Recipe, model: ResolvedModel) -> list[str]:
         check_data(recipe, "seq2seq")
         check_lora(recipe.lora)
         if recipe.lora.enabled and not recipe.model.name_or_path:
@@ -52,34 +81,32 @@ class Seq2SeqTask(Task):
                                " (new cross-attention) has none to adapt; set model.name_or_path or lora.enabled=false")
         names = check_metrics(recipe.seq2seq)
         check_generation(recipe.seq2seq)
-        architecture = model_architecture(recipe)  # the config only: nothing is converted or downloaded but it
+        architecture = model_architecture(recipe, model)  # the config only: nothing is converted or downloaded but it
         if architecture == DECODER_ONLY:
             check_decoder_only(recipe.seq2seq)
         article = "a" if architecture == DECODER_ONLY else "an"
         return [f"{recipe.seq2seq.task} with {article} {architecture} model", f"scored with {', '.join(names)}",
                 f"{len(recipe.data.sources)} data source(s) found"]
 
-    def prepare_data(self, recipe: Recipe, state) -> PreparedData:
-        with state.main_process_first():  # a GGUF file is converted once, on the main process
-            resolved = dataclasses.replace(recipe, model=resolve_pretrained(recipe.model, recipe.data.cache_dir))
-        architecture = model_architecture(resolved)
-        data = prepare_seq2seq_data(resolved, architecture)
-        data.extra = (resolved, architecture, held_out_sources(data))
-        return data
+    def trainer_arguments(self, recipe: Recipe) -> dict:
+        return {"predict_with_generate": True}  # scored on generated text
 
-    def build_model(self, recipe: Recipe, data: PreparedData):
-        resolved, architecture, _ = data.extra
-        model = build_seq2seq_model(resolved, data.tokenizer, architecture, seed=recipe.training["seed"])
+    def prepare_data(self, recipe: Recipe, model: ResolvedModel) -> Seq2SeqData:
+        return prepare_seq2seq_data(recipe, model.spec, model_architecture(recipe, model))
+
+    def build_model(self, recipe: Recipe, model: ResolvedModel, data: Seq2SeqData):
+        built = build_seq2seq_model(recipe, model, data.tokenizer, data.architecture, seed=recipe.seed)
         if recipe.lora.enabled:
-            model = apply_lora(model, recipe.lora, task_type="CAUSAL_LM" if architecture == DECODER_ONLY else "SEQ_2_SEQ_LM")
-        return model
+            built = apply_lora(built, recipe.lora,
+                               task_type="CAUSAL_LM" if data.architecture == DECODER_ONLY else "SEQ_2_SEQ_LM")
+        return built
 
-    def build_trainer(self, recipe: Recipe, model, data: PreparedData):
+    def build_trainer(self, recipe: Recipe, model, data: Seq2SeqData):
         return build_seq2seq_trainer(recipe, model, data.tokenizer, data.train, data.eval,
                                      generation_metrics(data.tokenizer, metric_names(recipe.seq2seq),
-                                                        metric_options(recipe.seq2seq), sources=data.extra[2]))
+                                                        metric_options(recipe.seq2seq), sources=data.sources))
 
-    def draw(self, data: PreparedData):
+    def draw(self, data: Seq2SeqData):
         return samples(data.stats)
 
     def finish(self, trainer, recipe: Recipe) -> None:
@@ -101,7 +128,7 @@ class Seq2SeqTask(Task):
         if not spec.name_or_path:
             config.vocab_size = new_vocabulary(recipe)
         with torch.device("meta"):
-            decoder_only = model_architecture(recipe) == DECODER_ONLY
+            decoder_only = model_architecture(recipe, ResolvedModel(spec, config)) == DECODER_ONLY
             model = (AutoModelForCausalLM if decoder_only else AutoModelForSeq2SeqLM).from_config(config)
         shape = PlanModel.from_config(model, config, source)
         if not decoder_only:  # num_hidden_layers is the encoder's; the decoder's stack is counted too
@@ -118,8 +145,7 @@ class Seq2SeqTask(Task):
     def rescore(self, recipe: Recipe, run_dir: Path) -> dict:
         architecture = (read_json(run_dir, "data_stats.json") or {}).get("architecture", ENCODER_DECODER)
         base = resolve_pretrained(recipe.model, recipe.data.cache_dir)  # the data as its run encoded it
-        data = prepare_seq2seq_data(dataclasses.replace(recipe, model=base), architecture)
-        held_out_sources(data)  # model inputs only
+        data = prepare_seq2seq_data(recipe, base, architecture)
         tokenizer, model = _load(run_dir, recipe, architecture)
         trainer = build_seq2seq_trainer(recipe, model, tokenizer, data.train, data.eval,
                                         generation_metrics(tokenizer, metric_names(recipe.seq2seq),

@@ -5,6 +5,7 @@ decoder-only model (prompt, then target, the loss on the target only), with thei
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 from datasets import Dataset
 
@@ -12,7 +13,7 @@ from toolkit.data.prepare import PreparedData, cached, split_corpus
 from toolkit.errors import ToolkitError
 from toolkit.loss import IGNORE
 from toolkit.modeling import locate_pretrained
-from toolkit.recipe import Recipe
+from toolkit.recipe import Model, Recipe
 from toolkit.tasks.seq2seq.section import DECODER_ONLY, ENCODER_DECODER, Seq2Seq, prompt_template
 from toolkit.tokenizer import bos_ids, load_pretrained_tokenizer, train_bpe
 
@@ -69,13 +70,25 @@ def encode_pairs(ds: Dataset, tokenizer, spec: Seq2Seq, architecture: str = ENCO
     return ds.map(encode, batched=True, num_proc=num_proc, remove_columns=ds.column_names, desc="encoding pairs")
 
 
-def prepare_seq2seq_data(recipe: Recipe, architecture: str) -> PreparedData:
-    """Encoded source/target pairs and their tokenizer (pretrained, or a BPE trained on both sides).
-    `architecture`: encoder-decoder (source in, target out) or decoder-only (prompt, then target)."""
-    return cached(recipe, f"seq2seq-{architecture}", lambda: _build_seq2seq(recipe, architecture))
+@dataclass
+class Seq2SeqData(PreparedData):
+    """The encoded pairs, the model's kind they were encoded for, and the held-out sources (for predictions.jsonl)."""
+
+    architecture: str = ENCODER_DECODER
+    sources: list[str] = field(default_factory=list)
 
 
-def _build_seq2seq(recipe: Recipe, architecture: str) -> PreparedData:
+def prepare_seq2seq_data(recipe: Recipe, model: Model, architecture: str) -> Seq2SeqData:
+    """Encoded source/target pairs and their tokenizer (pretrained, or a BPE trained on both sides), for
+    `model` (the resolved model spec). `architecture`: encoder-decoder (source in, target out) or decoder-only
+    (prompt, then target). The held-out sources are taken off the evaluation rows, which hold model inputs only."""
+    data = cached(recipe, f"seq2seq-{architecture}", model, lambda: _build_seq2seq(recipe, model, architecture))
+    sources = data.eval["source_text"]  # cached with their rows
+    return Seq2SeqData(data.train, data.eval.remove_columns("source_text"), data.tokenizer, data.stats,
+                       architecture=architecture, sources=sources)
+
+
+def _build_seq2seq(recipe: Recipe, model: Model, architecture: str) -> PreparedData:
     s2s = recipe.seq2seq
     train, held_out, stats = split_corpus(recipe, "seq2seq")
 
@@ -92,7 +105,7 @@ def _build_seq2seq(recipe: Recipe, architecture: str) -> PreparedData:
         raise ToolkitError("no source/target pairs left after dropping empty ones; check the data's columns")
     if s2s.eval_limit is not None and len(held_out) > s2s.eval_limit:
         held_out = held_out.select(range(s2s.eval_limit))  # scoring generates text: the slow part of a run
-    name = recipe.tokenizer.name_or_path or recipe.model.name_or_path or s2s.encoder
+    name = recipe.tokenizer.name_or_path or model.name_or_path or s2s.encoder
     if name:
         tokenizer = load_pretrained_tokenizer(locate_pretrained(name), recipe.tokenizer, recipe.tokenizer.revision,
                                               sep_ends_text=True)
@@ -107,19 +120,13 @@ def _build_seq2seq(recipe: Recipe, architecture: str) -> PreparedData:
         tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"
     stats["architecture"] = architecture
     stats["samples"] = [{"source": r["source_text"], "target": r["target_text"]} for r in held_out.select(range(min(3, len(held_out))))]
-    encoded = {n: encode_pairs(part, tokenizer, s2s, architecture, recipe.data.num_proc) for n, part in (("train", train), ("eval", held_out))}
-    # The held-out sources travel with their rows (cached with them) for predictions.jsonl; see held_out_sources.
+    encoded = {n: encode_pairs(part, tokenizer, s2s, architecture, recipe.data.num_proc)
+               for n, part in (("train", train), ("eval", held_out))}
+    # The held-out sources travel with their rows (cached with them) for predictions.jsonl.
     encoded["eval"] = encoded["eval"].add_column("source_text", held_out["source_text"])
     stats.update(train_pairs=len(encoded["train"]), eval_pairs=len(encoded["eval"]), from_cache=False)
     logger.info("data: %d training and %d held-out pairs", len(encoded["train"]), len(encoded["eval"]))
     return PreparedData(encoded["train"], encoded["eval"], tokenizer, stats)
-
-
-def held_out_sources(data: PreparedData) -> list[str]:
-    """The held-out sources, taken off the evaluation rows (which then hold model inputs only)."""
-    sources = data.eval["source_text"]
-    data.eval = data.eval.remove_columns("source_text")
-    return sources
 
 
 def _pair_batches(ds: Dataset, size: int = 1000):

@@ -9,28 +9,30 @@ pretrained), which reads each pair as a prompt followed by its target.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers import AutoModelForSeq2SeqLM, EncoderDecoderModel, set_seed
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
 
 from toolkit.errors import ToolkitError
-from toolkit.modeling import build_model, is_decoder_only, load_model_config, locate_pretrained
+from toolkit.modeling import ResolvedModel, build_model, is_decoder_only, load_model_config, locate_pretrained
 from toolkit.recipe import Recipe
 from toolkit.tasks.seq2seq.data import encode_prompts, special_ids
 from toolkit.tasks.seq2seq.section import DECODER_ONLY, ENCODER_DECODER, Seq2Seq, generation_settings
 from toolkit.tokenizer import decode_texts
 
 
-def model_architecture(recipe: Recipe) -> str:
+def model_architecture(recipe: Recipe, model: ResolvedModel) -> str:
     """Encoder-decoder or decoder-only, from the config alone (no weights read, nothing converted): before any work."""
-    spec = recipe.model
+    spec = model.spec
     if recipe.seq2seq.encoder:
         if spec.name_or_path:
             raise ToolkitError("set model.name_or_path or seq2seq.encoder, not both: seq2seq.encoder warm-starts a new"
                                " encoder-decoder, model.name_or_path loads a whole one")
         return ENCODER_DECODER
     if spec.name_or_path:
-        kind = load_model_config(spec).model_type  # a folder, a Hub id, a package: path or a .gguf file
+        kind = (model.config or load_model_config(spec)).model_type  # a Hub model's config is fetched
         what = f"{spec.name_or_path} is a {kind!r} model"
     else:
         kind, what = spec.model_type, f"model.model_type {spec.model_type!r} is"
@@ -42,19 +44,19 @@ def model_architecture(recipe: Recipe) -> str:
                        " set seq2seq.encoder to warm-start an encoder-decoder from it")
 
 
-def build_seq2seq_model(recipe: Recipe, tokenizer, architecture: str, seed: int = 42):
+def build_seq2seq_model(recipe: Recipe, resolved: ResolvedModel, tokenizer, architecture: str, seed: int = 42):
     """The model sized to the tokenizer, its special ids and the recipe's generation settings set."""
     set_seed(seed)
-    spec, s2s = recipe.model, recipe.seq2seq
+    spec, s2s = resolved.spec, recipe.seq2seq
     if architecture == DECODER_ONLY:
-        model = build_model(spec, load_model_config(spec), tokenizer, seed=seed)
+        model = build_model(spec, resolved.config, tokenizer, seed=seed)
     elif spec.name_or_path:
         model = AutoModelForSeq2SeqLM.from_pretrained(spec.name_or_path, revision=spec.revision)
     elif s2s.encoder:
         encoder = locate_pretrained(s2s.encoder)
         model = EncoderDecoderModel.from_encoder_decoder_pretrained(encoder, locate_pretrained(s2s.decoder or s2s.encoder))
     else:
-        config = load_model_config(spec)
+        config = copy.deepcopy(resolved.config)
         config.vocab_size = len(tokenizer)
         model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation=spec.attn_implementation)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):

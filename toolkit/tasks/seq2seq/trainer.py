@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 from toolkit.data.packing import CausalCollator
 from toolkit.loss import IGNORE
@@ -11,7 +11,7 @@ from toolkit.outputs import write_jsonl
 from toolkit.recipe import Recipe
 from toolkit.scoring import GenerationScores
 from toolkit.tasks.seq2seq.model import continue_prompts, translate
-from toolkit.training import FusedLoss, SafeTraining, finish_setup, fused_loss, is_sharded, trainer_keywords
+from toolkit.training import FusedLoss, SafeTraining, fused_loss, is_sharded, trainer_keywords
 
 
 def sequence_length(recipe: Recipe) -> tuple[int, str]:
@@ -65,15 +65,15 @@ def build_seq2seq_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_
     generation = {"generation_num_beams": model.generation_config.num_beams}
     if not decoder_only:  # a decoder-only model's length is its prompt plus max_new_tokens, set on the model
         generation["generation_max_length"] = model.generation_config.max_new_tokens + 1  # + the start token
-    trainer = finish_setup(recipe, Seq2SeqLMTrainer(
+    trainer = Seq2SeqLMTrainer(
         model=model,
         data_collator=collator,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
-        **trainer_keywords(recipe, Seq2SeqTrainingArguments, predict_with_generate=True, **generation),
-    ), sequence_length(recipe)[0])
+        **trainer_keywords(recipe, **generation),
+    )
     if decoder_only:
         trainer.fused_loss = fused_loss(recipe, trainer)
     return trainer
