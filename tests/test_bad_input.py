@@ -10,14 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import (
-    FINETUNE,
-    PRETRAIN,
-    TINY_RECIPE,
-    run,
-    run_pretrain,
-    write_recipe,
-)
+from tests.conftest import FINETUNE, PRETRAIN, TINY_RECIPE, run, run_pretrain, write_recipe
 from toolkit.data.prepare import split_corpus
 from toolkit.data.sources import load_source
 from toolkit.recipe import Source, load_recipe

@@ -66,13 +66,7 @@ def test_throughput_figures_reach_the_reporters_and_the_history(tmp_path):
     import torch
     from datasets import Dataset
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from transformers import (
-        LlamaConfig,
-        LlamaForCausalLM,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
     from transformers.integrations import TensorBoardCallback
 
     from toolkit.data.packing import CausalCollator

@@ -6,30 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tests.conftest import ROOT
-from toolkit.data.packing import (
-    CausalCollator,
-    FlatteningCollator,
-    PackedRowsCollator,
-    pack_examples,
-)
+from toolkit.data.packing import CausalCollator, FlatteningCollator, PackedRowsCollator, pack_examples
 from toolkit.errors import ToolkitError
 from toolkit.evaluation import token_nll
 from toolkit.loss import IGNORE
 from toolkit.modeling import apply_lora, linear_module_names
 from toolkit.recipe import Lora, load_recipe
-from toolkit.tasks.causal_lm.encoding import (
-    encode_chat,
-    encode_examples,
-    encode_prompt_completion,
-)
+from toolkit.tasks.causal_lm.encoding import encode_chat, encode_examples, encode_prompt_completion
 from toolkit.tasks.causal_lm.trainer import build_trainer
 from toolkit.tokenizer import ensure_chat_template
 

@@ -251,13 +251,7 @@ def test_perplexity_weights_every_token_alike():
 
 def test_metrics_work_as_trainer_compute_metrics(tiny_base, tmp_path):
     from datasets import Dataset
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        EvalPrediction,
-        Trainer,
-        TrainingArguments,
-    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer, EvalPrediction, Trainer, TrainingArguments
 
     from toolkit.data.packing import CausalCollator
     from toolkit.evaluation import token_nll

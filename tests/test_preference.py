@@ -19,12 +19,7 @@ from toolkit.errors import ToolkitError
 from toolkit.modeling import ResolvedModel, apply_lora
 from toolkit.recipe import Lora
 from toolkit.tasks import load_recipe
-from toolkit.tasks.preference.data import (
-    PairCollator,
-    PreferenceData,
-    encode_pair,
-    encode_pairs,
-)
+from toolkit.tasks.preference.data import PairCollator, PreferenceData, encode_pair, encode_pairs
 from toolkit.tasks.preference.examples import normalise
 from toolkit.tasks.preference.logps import sequence_logps
 from toolkit.tasks.preference.loss import PairLogps, pair_loss

@@ -48,11 +48,7 @@ def test_every_shipped_recipe_validates_and_plans(path, toolkit_here):
 
 def test_plan_counts_encoder_decoder_and_span_models_as_built():
     """The plan's parameter count is the real model's, for each task's kind of model."""
-    from transformers import (
-        AutoModelForQuestionAnswering,
-        AutoModelForSeq2SeqLM,
-        T5Config,
-    )
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM, T5Config
 
     from toolkit.plan import plan
 

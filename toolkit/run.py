@@ -18,13 +18,7 @@ from toolkit.console import setup_logging, summary
 from toolkit.data.prepare import PreparedData
 from toolkit.distributed import describe, summary_line
 from toolkit.modeling import ResolvedModel, count_parameters
-from toolkit.outputs import (
-    RESULTS_FILE,
-    check_output_dir,
-    read_json,
-    write_json,
-    write_recipe,
-)
+from toolkit.outputs import RESULTS_FILE, check_output_dir, read_json, write_json, write_recipe
 from toolkit.publish import complete_run, push_run, pushed
 from toolkit.recipe import Recipe, load_recipe, parse_command_line
 from toolkit.task import Task

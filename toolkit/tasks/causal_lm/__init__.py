@@ -17,14 +17,7 @@ from toolkit.budget import PlanModel, new_vocabulary
 from toolkit.data.prepare import PreparedData, check_data, split_corpus
 from toolkit.errors import ToolkitError
 from toolkit.evaluation import generate_samples
-from toolkit.modeling import (
-    ResolvedModel,
-    build_policy,
-    check_lora,
-    load_model_config,
-    local_model_config,
-    resolve_pretrained,
-)
+from toolkit.modeling import ResolvedModel, build_policy, check_lora, load_model_config, local_model_config, resolve_pretrained
 from toolkit.recipe import Recipe
 from toolkit.task import Panel, Task
 from toolkit.tasks.causal_lm.data import prepare_finetuning_data, prepare_pretraining_data

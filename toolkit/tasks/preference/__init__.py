@@ -24,13 +24,7 @@ from toolkit.recipe import Recipe
 from toolkit.task import Panel, Task
 from toolkit.tasks.preference.data import PreferenceData, prepare_preference_data
 from toolkit.tasks.preference.examples import split_pairs
-from toolkit.tasks.preference.section import (
-    METHODS,
-    Preference,
-    check_preference_recipe,
-    method_settings,
-    reference_mode,
-)
+from toolkit.tasks.preference.section import METHODS, Preference, check_preference_recipe, method_settings, reference_mode
 from toolkit.tasks.preference.trainer import build_preference_trainer, samples
 
 

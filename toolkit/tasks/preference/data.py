@@ -22,13 +22,7 @@ from toolkit.loss import IGNORE
 from toolkit.modeling import ResolvedModel
 from toolkit.recipe import Recipe
 from toolkit.tasks.preference.examples import split_pairs
-from toolkit.tokenizer import (
-    bos_ids,
-    ensure_chat_template,
-    load_pretrained_tokenizer,
-    pretrained_tokenizer_name,
-    render_chat,
-)
+from toolkit.tokenizer import bos_ids, ensure_chat_template, load_pretrained_tokenizer, pretrained_tokenizer_name, render_chat
 
 logger = logging.getLogger("toolkit")
 

@@ -24,12 +24,7 @@ from toolkit.data.sources import load_rows
 from toolkit.errors import ToolkitError
 from toolkit.recipe import Recipe, Source
 from toolkit.tasks.preference.corpus import python_docs_preference
-from toolkit.tasks.preference.section import (
-    FILE_FORMATS,
-    Preference,
-    missing_column,
-    preference_files,
-)
+from toolkit.tasks.preference.section import FILE_FORMATS, Preference, missing_column, preference_files
 from toolkit.tokenizer import check_conversation
 
 

@@ -20,14 +20,7 @@ from toolkit.modeling import ResolvedModel, check_block_size, load_model_config,
 from toolkit.recipe import Recipe
 from toolkit.task import Task
 from toolkit.tasks.qa.examples import load_qa_examples
-from toolkit.tasks.qa.model import (
-    answers,
-    build_qa_model,
-    build_qa_trainer,
-    check_qa_model,
-    load_qa_tokenizer,
-    write_predictions,
-)
+from toolkit.tasks.qa.model import answers, build_qa_model, build_qa_trainer, check_qa_model, load_qa_tokenizer, write_predictions
 from toolkit.tasks.qa.section import QA, check_qa_recipe
 from toolkit.tasks.qa.windows import QAData, prepare_qa_data
 

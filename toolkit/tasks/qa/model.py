@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import (
-    AutoModelForQuestionAnswering,
-    DataCollatorWithPadding,
-    Trainer,
-    set_seed,
-)
+from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, Trainer, set_seed
 from transformers.models.auto import modeling_auto
 
 from toolkit.errors import ToolkitError, first_line
