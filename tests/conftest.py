@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,13 @@ def tiny(tmp_path) -> dict:
     recipe["training"]["output_dir"] = str(tmp_path / "out")
     recipe["data"]["cache_dir"] = str(tmp_path / "cache")
     return recipe
+
+
+def free_port() -> int:
+    """A port nobody listens on now, for a launch's rendezvous (each test its own: xdist runs two at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run(args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -7,13 +7,12 @@ the run's own first step refuse it in one line that names the CPU config to use 
 
 import inspect
 import json
-import socket
 import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, free_port, run
 from tests.test_bad_input import assert_refused
 from toolkit.distributed import check_launch, describe, sharding_applies, summary_line
 from toolkit.hardware import has_accelerator
@@ -24,11 +23,6 @@ ACCELERATE_LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
 no_gpu = pytest.mark.skipif(sharding_applies(), reason="accelerate applies FSDP and DeepSpeed on this machine")
 cpu_only = pytest.mark.skipif(has_accelerator(), reason="two processes on the CPU: cpu_2proc.yaml")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_trainer(output_dir, steps=0):

@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import PRETRAIN, ROOT, TINY_RECIPE, run, write_recipe
+from tests.conftest import PRETRAIN, ROOT, TINY_RECIPE, free_port, run, write_recipe
 from toolkit.data.packing import pack_examples
 from toolkit.data.prepare import PreparedData, _store
 from toolkit.errors import ToolkitError
@@ -193,13 +193,6 @@ def test_the_push_list_holds_only_allowlisted_files_of_the_run_itself(home, tmp_
 
 # ----------------------------------------------------------------- 5. waits end, caches are shared safely
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

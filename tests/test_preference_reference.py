@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments  # noqa: E402
 
-from tests.conftest import ROOT, run  # noqa: E402
+from tests.conftest import ROOT, free_port, run  # noqa: E402
 from toolkit.errors import ToolkitError  # noqa: E402
 from toolkit.modeling import ResolvedModel  # noqa: E402
 from toolkit.recipe import Model  # noqa: E402
@@ -168,13 +168,6 @@ def test_a_share_that_never_arrives_ends_the_wait_in_one_line_and_leaves_no_cach
     assert not [name for name in _entries(root) if name.startswith(".")]
     assert _columns(*_precompute(trainer, train, held_out, tmp_path / "fresh-cache")) == values
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import contextlib
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import PRETRAIN, ROOT, TINY_RECIPE, run, write_recipe
+from tests.conftest import PRETRAIN, ROOT, TINY_RECIPE, free_port, run, write_recipe
 
 CONFIG = ROOT / "accelerate_configs" / "cpu_2machines.yaml"
 KILL = ROOT / "tests" / "kill_during.py"
 SURVIVOR_TIMEOUT = 60  # seconds from one process's death to the other's exit (a lost gloo peer raises at once)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def two_machines(folder: Path, args: list[str], kill_rank1_at: int | None = None, timeout: int = 300) -> list[dict]:

@@ -59,8 +59,9 @@ def run_recipe(tasks: dict[str, Task], task: str, default_recipe, argv: list[str
     model = task.build_model(recipe, resolved, data)
 
     # 5. The Trainer: the task's, finished by the run (throughput in every log, TensorBoard's folder).
-    decide_checkpointing(recipe, model, task.sequence_length(recipe)[0])
-    trainer = finish_trainer(task.build_trainer(recipe, model, data), recipe, task.sequence_length(recipe)[0])
+    length, _ = task.sequence_length(recipe)
+    decide_checkpointing(recipe, model, length)
+    trainer = finish_trainer(task.build_trainer(recipe, model, data), recipe, length)
 
     # 6. Scores before, training (resumed when a checkpoint is there), scores after.
     results = train_and_evaluate(trainer, recipe, task, data, run.resume_from)

@@ -21,6 +21,7 @@ from toolkit.distributed import check_launch
 from toolkit.errors import ToolkitError
 from toolkit.hardware import has_accelerator
 from toolkit.loss import FusedCausalLMLoss, check_fused_loss_exact, fused_loss_wanted
+from toolkit.modeling import is_decoder_only
 from toolkit.outputs import last_complete_checkpoint, mark_complete
 from toolkit.publish import PushEverySave
 from toolkit.recipe import Recipe
@@ -156,7 +157,8 @@ def decide_checkpointing(recipe: Recipe, model, length: int) -> None:
     args, on = recipe.arguments, False
     sharded = (parse_flag_from_env("ACCELERATE_USE_FSDP") or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
                or args.fsdp or args.deepspeed)
-    if is_causal_lm(model) and not sharded and torch.cuda.is_available():
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a LoRA wrapper too
+    if is_decoder_only(base.config.model_type) and not sharded and torch.cuda.is_available():
         config = copy.deepcopy(model.config)
         config.__dict__.pop("quantization_config", None)  # counted as QLoRA from the recipe, not quantized again
         memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
@@ -165,12 +167,6 @@ def decide_checkpointing(recipe: Recipe, model, length: int) -> None:
             logger.info("activation checkpointing on (training.activation_checkpointing=auto): a step without it"
                         " needs about %.1f GiB of this GPU's %.1f GiB", needed / 2**30, memory / 2**30)
     args.activation_checkpointing = args.gradient_checkpointing = on  # the second: the old name mirrors the new
-
-
-def is_causal_lm(model) -> bool:
-    """A decoder-only language model (under a LoRA wrapper too)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return type(base).__name__.endswith("ForCausalLM") and not base.config.is_encoder_decoder
 
 
 def is_sharded(trainer) -> bool:

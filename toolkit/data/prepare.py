@@ -102,17 +102,23 @@ def cached(recipe: Recipe, kind: str, model: Model, build) -> PreparedData:
     return built
 
 
-def _wait_for(marker: Path, timeout: float, poll_seconds: float = 1.0) -> None:
-    """Sleep until the first process has stored the data; give up after `timeout` seconds (it
-    failed, or was killed where no launcher ends this process along with it)."""
+def _wait_for(marker: Path, timeout: float) -> None:
+    """Sleep until the first process has stored the data (see wait_on_disk)."""
     if not marker.is_file():
         logger.info("data: waiting for the first process to prepare %s", marker.parent)
+    wait_on_disk(marker.is_file, timeout,
+                 f"for this machine's first process to prepare the data cache {marker.parent}, and it is not there:"
+                 " see that process's log (did it fail?); for a longer preparation raise data.wait_timeout")
+
+
+def wait_on_disk(done, timeout: float, failure: str, poll_seconds: float = 1.0) -> None:
+    """Poll the disk until `done()`, as a process waits for another's cache rather than in a collective (which a
+    long preparation would time out); after `timeout` seconds (the other failed, or was killed where no launcher
+    ends this process along with it) one line: "waited N s `failure`"."""
     deadline = time.monotonic() + timeout
-    while not marker.is_file():
+    while not done():
         if time.monotonic() > deadline:
-            raise ToolkitError(f"waited {timeout:g} s for this machine's first process to prepare the data cache"
-                               f" {marker.parent}, and it is not there: see that process's log (did it fail?);"
-                               " for a longer preparation raise data.wait_timeout")
+            raise ToolkitError(f"waited {timeout:g} s {failure}")
         time.sleep(poll_seconds)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
+from toolkit.data.prepare import wait_on_disk
 from toolkit.errors import ToolkitError
 from toolkit.modeling import ResolvedModel
 from toolkit.outputs import write_atomic
@@ -38,6 +39,7 @@ logger = logging.getLogger("toolkit")
 
 FORMAT = 2  # bump when the stored layout or the way the log-probs are computed changes
 MARKER = "logps.json"  # the cache itself; its folder appears only whole (renamed into place)
+LONGER = "; for a longer precompute raise data.wait_timeout"
 FRESH_SECONDS = 2.0  # a file changed this recently may change again within the same time stamp: not remembered
 
 
@@ -159,14 +161,14 @@ def _compute_shared(trainer, source, sets: dict, folder: Path, wait_timeout: flo
                 if not (folder / MARKER).is_file():  # else another run stored the cache and removed the parts
                     raise
     if rank != 0:
-        _wait(lambda: (folder / MARKER).is_file(), wait_timeout,
-              f"for this machine's first process to store the reference log-probs in {folder}, and they are not"
-              " there: see that process's log (did it fail?)")
+        wait_on_disk(lambda: (folder / MARKER).is_file(), wait_timeout,
+                     f"for this machine's first process to store the reference log-probs in {folder}, and they are"
+                     f" not there: see that process's log (did it fail?){LONGER}")
         return
     expected = [(name, r) for name, ranges in shares.items() for r in ranges]
-    _wait(lambda: (folder / MARKER).is_file() or all((parts / _part(*p)).is_file() for p in expected), wait_timeout,
-          f"for this machine's other processes to write their shares of the reference log-probs for {folder}"
-          f" (parts in {parts.name}), and some are not there: see their logs (did one fail?)")
+    wait_on_disk(lambda: (folder / MARKER).is_file() or all((parts / _part(*p)).is_file() for p in expected),
+                 wait_timeout, f"for this machine's other processes to write their shares of the reference log-probs"
+                 f" for {folder} (parts in {parts.name}), and some are not there: see their logs (did one fail?){LONGER}")
     if not (folder / MARKER).is_file():
         _store(folder, {name: [v for r in ranges for v in json.loads((parts / _part(name, r)).read_text())]
                         for name, ranges in shares.items()})
@@ -182,16 +184,6 @@ def _share(n: int, batch: int, rank: int, world: int) -> range:
 def _part(name: str, rows: range) -> str:
     """A part is named by its rows: a stale part of a killed run counts only where it holds the same rows."""
     return f"{name}-{rows.start}-{rows.stop}.json"
-
-
-def _wait(done, timeout: float, what: str, poll_seconds: float = 1.0) -> None:
-    """Poll the disk until `done()`; give up after `timeout` seconds (a process failed, or was killed where no
-    launcher ends this one along with it)."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise ToolkitError(f"waited {timeout:g} s {what}; for a longer precompute raise data.wait_timeout")
-        time.sleep(poll_seconds)
 
 
 @torch.no_grad()
